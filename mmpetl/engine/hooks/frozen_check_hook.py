@@ -1,0 +1,73 @@
+"""Fail loudly if a frozen parameter moved during training.
+
+Frozen weights are the shared base of every tuner checkpoint: if one moves
+(a module un-frozen by hand, a buggy optimizer, weight decay applied to a
+frozen tensor) the tuner checkpoints no longer fit the base checkpoint.
+Before training (after loading/resuming) each frozen parameter's bytes are
+fingerprinted (SHA-1, so bit-identical is what is checked and nothing is
+copied); after training they are fingerprinted again and compared.
+"""
+import hashlib
+from typing import Dict
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from mmpetl.registry import HOOKS
+
+__all__ = ['FrozenCheckHook', 'fingerprint_frozen', 'FrozenParamsChanged']
+
+
+class FrozenParamsChanged(RuntimeError):
+    pass
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    data = tensor.detach().cpu().contiguous()
+    return hashlib.sha1(data.view(torch.uint8).numpy().tobytes() if
+                        data.numel() else b'').hexdigest()
+
+
+def fingerprint_frozen(model) -> Dict[str, str]:
+    return {
+        name: _digest(p)
+        for name, p in model.named_parameters() if not p.requires_grad
+    }
+
+
+@HOOKS.register_module()
+class FrozenCheckHook(Hook):
+    """Check that every frozen parameter is bit-identical after training."""
+
+    priority = 'VERY_LOW'
+
+    def __init__(self) -> None:
+        self._before: Dict[str, str] = {}
+
+    @staticmethod
+    def _model(runner):
+        return runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+
+    def before_train(self, runner) -> None:
+        self._before = fingerprint_frozen(self._model(runner))
+        runner.logger.info(f'mmpetl: fingerprinted {len(self._before)} '
+                           f'frozen tensors')
+
+    def after_train(self, runner) -> None:
+        model = self._model(runner)
+        named = dict(model.named_parameters())
+        moved = [n for n, d in self._before.items()
+                 if _digest(named[n]) != d]
+        unfrozen = [n for n in self._before if named[n].requires_grad]
+        if moved or unfrozen:
+            raise FrozenParamsChanged(
+                f'{len(moved)} frozen parameters changed during training '
+                f'(first: {moved[:5]}); {len(unfrozen)} were un-frozen '
+                f'(first: {unfrozen[:5]}). Frozen weights must stay equal '
+                f'to the base checkpoint: declare parts that should train '
+                f'in the model\'s `trainable` instead of setting '
+                f'requires_grad by hand.')
+        runner.logger.info(f'mmpetl: all {len(self._before)} frozen tensors '
+                           f'bit-identical after training')

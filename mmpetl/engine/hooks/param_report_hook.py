@@ -1,0 +1,25 @@
+"""Log, at the start of training, which parameters train and which are frozen."""
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from mmpetl.injection import injection_table, parameter_groups_table
+from mmpetl.registry import HOOKS
+
+__all__ = ['ParamReportHook']
+
+
+@HOOKS.register_module()
+class ParamReportHook(Hook):
+    """Logs the injection table and a table: group, #params, % of total,
+    trainable/frozen."""
+
+    priority = 'VERY_LOW'
+
+    def before_train(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        if getattr(model, 'injected', None) is not None:
+            runner.logger.info('mmpetl: injected tuners\n' +
+                               injection_table(model.injected, model))
+        runner.logger.info('mmpetl: parameters\n' +
+                           parameter_groups_table(model))

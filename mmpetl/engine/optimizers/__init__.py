@@ -1,0 +1,3 @@
+from .petl_constructor import PETLOptimWrapperConstructor
+
+__all__ = ['PETLOptimWrapperConstructor']

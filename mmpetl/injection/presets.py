@@ -1,0 +1,88 @@
+"""Named target groups per architecture.
+
+A tuner config may say ``presets=['ffn', 'attn']`` instead of regexes; the
+names resolve against the architecture of the inner model:
+
+================== ====================================== ==================
+preset             DETR / Deformable DETR (mmdet 3.x)     ViT (mmpretrain)
+================== ====================================== ==================
+encoder_self_attn  encoder.layers.N.self_attn             backbone.layers.N.attn
+decoder_self_attn  decoder.layers.N.self_attn             --
+decoder_cross_attn decoder.layers.N.cross_attn            --
+encoder_ffn        encoder.layers.N.ffn                   backbone.layers.N.ffn
+decoder_ffn        decoder.layers.N.ffn                   --
+attn               all attention above                    backbone.layers.N.attn
+ffn                encoder_ffn + decoder_ffn              backbone.layers.N.ffn
+================== ====================================== ==================
+
+In Deformable DETR the encoder self-attention and decoder cross-attention
+are MMCV ``MultiScaleDeformableAttention``; the rest are MMCV
+``MultiheadAttention`` wrapping torch's.
+"""
+from typing import Dict, List, Sequence
+
+import torch.nn as nn
+
+__all__ = ['PRESETS', 'detect_arch', 'preset_regex']
+
+_DETR = {
+    'encoder_self_attn': r'encoder\.layers\.\d+\.self_attn',
+    'decoder_self_attn': r'decoder\.layers\.\d+\.self_attn',
+    'decoder_cross_attn': r'decoder\.layers\.\d+\.cross_attn',
+    'encoder_ffn': r'encoder\.layers\.\d+\.ffn',
+    'decoder_ffn': r'decoder\.layers\.\d+\.ffn',
+}
+_DETR['attn'] = '|'.join(_DETR[k] for k in ('encoder_self_attn',
+                                            'decoder_self_attn',
+                                            'decoder_cross_attn'))
+_DETR['ffn'] = '|'.join(_DETR[k] for k in ('encoder_ffn', 'decoder_ffn'))
+
+_VIT = {
+    'encoder_self_attn': r'backbone\.layers\.\d+\.attn',
+    'encoder_ffn': r'backbone\.layers\.\d+\.ffn',
+}
+_VIT['attn'] = _VIT['encoder_self_attn']
+_VIT['ffn'] = _VIT['encoder_ffn']
+
+PRESETS: Dict[str, Dict[str, str]] = {
+    'detr': dict(_DETR),
+    'deformable_detr': dict(_DETR),
+    'vit': _VIT,
+}
+
+
+def _class_names(module: nn.Module) -> List[str]:
+    return [c.__name__ for c in type(module).__mro__]
+
+
+def detect_arch(model: nn.Module) -> str:
+    """``'detr'``, ``'deformable_detr'`` or ``'vit'`` for a built model.
+
+    Raises:
+        ValueError: for other models (then use explicit ``targets``).
+    """
+    names = _class_names(model)
+    if 'DeformableDETR' in names:
+        return 'deformable_detr'
+    if 'DETR' in names or 'ConditionalDETR' in names or \
+            'DABDETR' in names:
+        return 'detr'
+    backbone = getattr(model, 'backbone', None)
+    if backbone is not None and 'VisionTransformer' in _class_names(
+            backbone):
+        return 'vit'
+    raise ValueError(
+        f'no presets for {type(model).__name__}: mmpetl has presets for '
+        f'DETR, Deformable DETR and ViT classifiers. Use `targets=` (a regex '
+        f'or list of module names) in the tuner config instead of `presets`.')
+
+
+def preset_regex(arch: str, presets: Sequence[str]) -> str:
+    """One regex that matches the union of the named presets."""
+    table = PRESETS[arch]
+    unknown = [p for p in presets if p not in table]
+    if unknown:
+        raise ValueError(
+            f'unknown preset(s) {unknown} for {arch}; available: '
+            f'{sorted(table)}')
+    return '|'.join(f'(?:{table[p]})' for p in presets)

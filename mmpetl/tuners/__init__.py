@@ -1,0 +1,15 @@
+"""Tuners: plain torch modules that attach to a frozen host module.
+
+Each file holds one method and its formula. Nothing here imports MMDetection.
+"""
+from .adapter import ParallelAdapter
+from .base import BaseTuner, TunerHostError
+from .deformable_prefix import DeformablePrefix
+from .lora import LoRA, LoRAFusedAttention, LoRALinear
+from .prefix import PrefixTuning, ScaledPrefix
+
+__all__ = [
+    'BaseTuner', 'TunerHostError', 'ParallelAdapter', 'ScaledPrefix',
+    'PrefixTuning', 'DeformablePrefix', 'LoRA', 'LoRALinear',
+    'LoRAFusedAttention'
+]

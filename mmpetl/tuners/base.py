@@ -1,0 +1,106 @@
+"""What every tuner shares: how it attaches to the frozen module it tunes.
+
+A tuner never replaces its host module. It becomes a child of the host under
+``attr_name`` (so every key of the base model's state dict stays as it was and
+model-zoo checkpoints load unchanged; tuner keys are new keys such as
+``encoder.layers.0.ffn.adapter.down.weight``), and it changes the host's
+computation in one of two ways:
+
+* additive tuners register a forward hook: ``out = host(x) + delta(x, out)``;
+* attention tuners that must act inside the softmax (prefix, fused LoRA) set
+  the host's ``forward`` to a re-implementation that uses the host's own
+  frozen weights and consults every tuner attached to it.
+"""
+from typing import Dict, List, Tuple
+
+import torch.nn as nn
+
+__all__ = ['BaseTuner', 'TunerHostError', 'count_params']
+
+
+class TunerHostError(TypeError):
+    """A tuner was pointed at a module it cannot tune."""
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class BaseTuner(nn.Module):
+    """Base class of all tuners.
+
+    Subclasses set ``attr_name`` (the child name on the host) and
+    ``host_types`` (the module types they tune), implement
+    :meth:`from_host` and :meth:`_install`.
+
+    Attributes:
+        lr_mult (float): learning-rate multiplier the PETL optimizer
+            constructor applies to this tuner's parameters.
+        decay_mult (float): weight-decay multiplier, likewise.
+    """
+
+    attr_name: str = 'tuner'
+    host_types: Tuple[type, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lr_mult = 1.0
+        self.decay_mult = 1.0
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def host_type_names(cls) -> List[str]:
+        return [t.__module__.split('.')[0] + '.' + t.__name__
+                for t in cls.host_types]
+
+    @classmethod
+    def resolve_hosts(cls, name: str, module: nn.Module,
+                      **tuner_kwargs) -> List[Tuple[str, nn.Module]]:
+        """Map a matched module to the module(s) this tuner attaches to.
+
+        By default the matched module itself; attention tuners descend from
+        a wrapper (e.g. mmcv's ``MultiheadAttention``) to what they tune.
+        ``tuner_kwargs`` are the tuner's config arguments.
+
+        Raises:
+            TunerHostError: when the module is of no supported type.
+        """
+        if isinstance(module, cls.host_types):
+            return [(name, module)]
+        raise TunerHostError(
+            f'{cls.__name__} cannot tune `{name}` of type '
+            f'{type(module).__module__}.{type(module).__name__}; it tunes '
+            f'{", ".join(cls.host_type_names())}. Point `targets`/`presets` '
+            f'of this tuner at modules of those types.')
+
+    @classmethod
+    def from_host(cls, host: nn.Module, **kwargs) -> 'BaseTuner':
+        """Build a tuner whose shapes fit ``host``."""
+        raise NotImplementedError
+
+    # -- attaching --------------------------------------------------------
+    def attach(self, host: nn.Module) -> None:
+        """Become ``host.<attr_name>`` and hook into the host's forward."""
+        if hasattr(host, self.attr_name):
+            raise TunerHostError(
+                f'{type(host).__name__} already has an attribute '
+                f'`{self.attr_name}`: two tuners of the same kind target the '
+                f'same module (check overlapping `targets`/`presets`).')
+        host.add_module(self.attr_name, self)
+        self._install(host)
+
+    def _install(self, host: nn.Module) -> None:
+        raise NotImplementedError
+
+    # -- reporting --------------------------------------------------------
+    def num_train_params(self) -> int:
+        """Parameters trained (all of this tuner's parameters)."""
+        return count_params(self)
+
+    def num_deploy_params(self) -> int:
+        """Parameters needed at inference (differs when reparametrised)."""
+        return count_params(self)
+
+    def describe(self) -> Dict[str, object]:
+        """Short hyper-parameter summary for the injection table."""
+        return {}

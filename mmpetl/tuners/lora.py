@@ -1,0 +1,193 @@
+"""LoRA (Hu et al., 2021) for Linear layers and fused attention projections.
+
+    W' = W + (alpha / r) * B A,   A: r x in (Kaiming), B: out x r (zero)
+
+so the tuned layer is exact at init. ``merge()`` folds ``(alpha/r) B A``
+into the frozen weight for deployment (no extra latency) and ``unmerge()``
+takes it out again.
+
+Where it attaches (``LoRA`` in a config dispatches on the matched module):
+
+* ``nn.Linear`` -> :class:`LoRALinear`, ``r*(in+out)`` parameters;
+* ``nn.MultiheadAttention`` (also inside mmcv's wrapper) ->
+  :class:`LoRAFusedAttention` on the fused ``in_proj_weight`` (``A`` shared
+  by q/k/v, ``B`` of ``3d x r``: ``4*d*r``) plus a :class:`LoRALinear` on
+  ``out_proj`` (``2*d*r``). torch's fused kernel bypasses both, so the
+  host's forward is re-implemented with its own weights;
+* MMPretrain ``MultiheadAttention`` -> ``qkv`` and ``proj`` Linears;
+* MMCV ``MultiScaleDeformableAttention`` -> its Linears named in
+  ``msda_linears`` (default value/output projections and sampling offsets);
+* MMCV ``FFN`` -> its two Linears.
+"""
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn.bricks.transformer import FFN
+
+from mmpetl.registry import TUNERS
+from .adapter import check_positive_int
+from .attention import (install_tuned_forward, mmcv_attention_type,
+                        msda_type, vit_attention_type)
+from .base import BaseTuner, TunerHostError
+
+__all__ = ['LoRA', 'LoRALinear', 'LoRAFusedAttention']
+
+MSDA_LINEARS = ('value_proj', 'output_proj', 'sampling_offsets')
+
+
+class _LoRAMixin:
+
+    def _init_lora(self, in_features: int, out_features: int, rank: int,
+                   alpha: float, dropout: float) -> None:
+        check_positive_int('rank', rank, 'LoRA')
+        self.rank, self.alpha = rank, alpha
+        self.scaling = alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout)
+        self.merged = False
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.scaling * (self.lora_B @ self.lora_A)
+
+    def low_rank(self, x: torch.Tensor, lora_B: torch.Tensor) -> torch.Tensor:
+        return self.scaling * F.linear(F.linear(self.dropout(x), self.lora_A),
+                                       lora_B)
+
+    def describe(self) -> Dict[str, object]:
+        return dict(rank=self.rank)
+
+
+class LoRALinear(_LoRAMixin, BaseTuner):
+    """LoRA beside a frozen ``nn.Linear``: ``y = W x + b + (a/r) B A x``."""
+
+    attr_name = 'lora'
+    host_types = (nn.Linear, )
+
+    def __init__(self, in_features: int, out_features: int, rank: int = 8,
+                 alpha: float = 8.0, dropout: float = 0.0) -> None:
+        BaseTuner.__init__(self)
+        self._init_lora(in_features, out_features, rank, alpha, dropout)
+        self._host = None
+
+    @classmethod
+    def from_host(cls, host: nn.Linear, **kwargs) -> 'LoRALinear':
+        return cls(host.in_features, host.out_features, **kwargs)
+
+    def _install(self, host: nn.Linear) -> None:
+        self._host = [host]  # a list: not registered as a submodule
+        host.register_forward_hook(self._hook)
+
+    def _hook(self, host, args, output):
+        if self.merged:
+            return output
+        return output + self.low_rank(args[0], self.lora_B)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self._host[0].weight += self.delta_weight().to(
+                self._host[0].weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self._host[0].weight -= self.delta_weight().to(
+                self._host[0].weight.dtype)
+            self.merged = False
+
+
+class LoRAFusedAttention(_LoRAMixin, BaseTuner):
+    """LoRA on ``nn.MultiheadAttention.in_proj_weight`` (q, k and v)."""
+
+    attr_name = 'lora'
+    host_types = (nn.MultiheadAttention, )
+
+    def __init__(self, embed_dim: int, rank: int = 8, alpha: float = 8.0,
+                 dropout: float = 0.0) -> None:
+        BaseTuner.__init__(self)
+        self._init_lora(embed_dim, 3 * embed_dim, rank, alpha, dropout)
+        self.embed_dim = embed_dim
+        self._host = None
+
+    @classmethod
+    def from_host(cls, host: nn.MultiheadAttention,
+                  **kwargs) -> 'LoRAFusedAttention':
+        if not host._qkv_same_embed_dim:
+            raise TunerHostError(
+                'LoRA on nn.MultiheadAttention needs the fused in_proj '
+                '(kdim == vdim == embed_dim)')
+        return cls(host.embed_dim, **kwargs)
+
+    def _install(self, host: nn.MultiheadAttention) -> None:
+        self._host = [host]
+        install_tuned_forward(host)
+
+    def in_proj_deltas(self, query, key, value):
+        b_q, b_k, b_v = self.lora_B.chunk(3)
+        return (self.low_rank(query, b_q), self.low_rank(key, b_k),
+                self.low_rank(value, b_v))
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            w = self._host[0].in_proj_weight
+            w += self.delta_weight().to(w.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            w = self._host[0].in_proj_weight
+            w -= self.delta_weight().to(w.dtype)
+            self.merged = False
+
+
+@TUNERS.register_module()
+class LoRA:
+    """Config entry point: builds the right LoRA for each matched module.
+
+    Args (in the tuner config):
+        rank (int): r. alpha (float): scaling numerator. dropout (float).
+        msda_linears (Sequence[str]): MSDA Linears to tune.
+    """
+
+    config_args_of = LoRALinear  # rank, alpha, dropout
+    extra_config_args = ('msda_linears', )
+
+    @classmethod
+    def resolve_hosts(cls, name: str,
+                      module: nn.Module,
+                      msda_linears: Sequence[str] = MSDA_LINEARS,
+                      **tuner_kwargs) -> List[Tuple[str, nn.Module]]:
+        if isinstance(module, mmcv_attention_type()):
+            module, name = module.attn, f'{name}.attn'
+        if isinstance(module, nn.MultiheadAttention):
+            return [(name, module), (f'{name}.out_proj', module.out_proj)]
+        if isinstance(module, nn.Linear):
+            return [(name, module)]
+        if isinstance(module, vit_attention_type()):
+            return [(f'{name}.qkv', module.qkv), (f'{name}.proj', module.proj)]
+        if isinstance(module, msda_type()):
+            return [(f'{name}.{attr}', getattr(module, attr))
+                    for attr in msda_linears]
+        if isinstance(module, FFN):
+            linears = [(n, m) for n, m in module.layers.named_modules()
+                       if isinstance(m, nn.Linear)]
+            return [(f'{name}.layers.{n}', m) for n, m in linears]
+        raise TunerHostError(
+            f'LoRA cannot tune `{name}` of type {type(module).__name__}; it '
+            f'tunes nn.Linear, torch/mmcv/mmpretrain MultiheadAttention, '
+            f'mmcv MultiScaleDeformableAttention and mmcv FFN.')
+
+    @classmethod
+    def from_host(cls, host: nn.Module, msda_linears=MSDA_LINEARS,
+                  **kwargs) -> BaseTuner:
+        if isinstance(host, nn.MultiheadAttention):
+            return LoRAFusedAttention.from_host(host, **kwargs)
+        return LoRALinear.from_host(host, **kwargs)

@@ -1,0 +1,99 @@
+"""Environment checks that must run before MMDetection is imported."""
+import importlib.metadata as metadata
+import importlib.util
+import os
+import sys
+import warnings
+from typing import Dict, Optional, Tuple
+
+__all__ = ['SUPPORTED', 'check_versions', 'guard_mmpretrain_multimodal',
+           'IncompatibleVersionError']
+
+# package: (minimum inclusive, maximum exclusive); None = no bound
+SUPPORTED: Dict[str, Tuple[str, Optional[str]]] = {
+    'torch': ('2.0.0', None),
+    'mmengine': ('0.10.0', '1.0.0'),
+    'mmcv': ('2.0.0', '2.2.0'),  # mmdet 3.3 refuses mmcv 2.2
+    'mmdet': ('3.0.0', '3.4.0'),
+}
+OPTIONAL = {'mmpretrain': ('1.0.0', '1.3.0')}
+
+
+class IncompatibleVersionError(ImportError):
+    pass
+
+
+def _parse(version: str) -> Tuple[int, ...]:
+    parts = []
+    for piece in version.split('+')[0].split('.')[:3]:
+        digits = ''.join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def _installed(package: str) -> Optional[str]:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_versions() -> None:
+    """Stop with a message naming installed vs supported versions."""
+    problems = []
+    for package, (low, high) in {**SUPPORTED, **OPTIONAL}.items():
+        version = _installed(package)
+        wanted = f'>={low}' + (f',<{high}' if high else '')
+        if version is None:
+            if package in SUPPORTED:
+                problems.append(f'{package}: not installed (need {wanted})')
+            continue
+        if _parse(version) < _parse(low) or (high and
+                                             _parse(version) >= _parse(high)):
+            problems.append(f'{package}: {version} installed, mmpetl '
+                            f'supports {wanted}')
+    if problems:
+        raise IncompatibleVersionError(
+            'mmpetl cannot run with this environment:\n  ' +
+            '\n  '.join(problems) +
+            '\nRun `make install` (creates .venv with the supported stack) '
+            'or install the versions above.')
+
+
+def guard_mmpretrain_multimodal() -> bool:
+    """Keep a user's ``transformers`` from breaking ``import mmdet.models``.
+
+    MMDetection imports MMPretrain, which imports its BLIP/LLaVA/... models
+    whenever ``transformers>=4.28`` is installed; with a recent
+    ``transformers`` those modules crash on import, taking every mmdet
+    model down with them. mmpetl uses none of them: before MMPretrain is
+    first imported, its dependency flag is set so that it registers
+    placeholders for the multimodal models instead (using one then says
+    what is missing). Set ``MMPETL_KEEP_MMPRETRAIN_MULTIMODAL=1`` to skip
+    this.
+
+    Returns:
+        True if the multimodal imports were disabled.
+    """
+    if os.environ.get('MMPETL_KEEP_MMPRETRAIN_MULTIMODAL') == '1':
+        return False
+    if 'mmpretrain' in sys.modules or _installed('transformers') is None:
+        return False
+    spec = importlib.util.find_spec('mmpretrain')
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    path = os.path.join(spec.submodule_search_locations[0], 'utils',
+                        'dependency.py')
+    name = 'mmpretrain.utils.dependency'
+    dep_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(dep_spec)
+    dep_spec.loader.exec_module(module)
+    if module.WITH_MULTIMODAL:
+        module.WITH_MULTIMODAL = False
+        warnings.warn(
+            'mmpetl: transformers is installed; MMPretrain\'s multimodal '
+            'models (BLIP, LLaVA, ...) are disabled so that their imports, '
+            'which break with recent transformers, cannot break mmdet. Set '
+            'MMPETL_KEEP_MMPRETRAIN_MULTIMODAL=1 to keep them.')
+    sys.modules[name] = module
+    return True

@@ -1,0 +1,132 @@
+"""PETLModel on small DETR, Deformable DETR and ViT from the real configs."""
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmpetl.models import PETLModel, build_inner_model
+from mmpetl.tuners import BaseTuner, DeformablePrefix, ScaledPrefix
+from tests.conftest import SMALL_CFGS, tensor_outputs
+
+ADAPTER = dict(type='ParallelAdapter', presets=['ffn'], bottleneck=16)
+LORA = dict(type='LoRA', presets=['attn', 'ffn'], rank=4)
+MSDA_PREFIX = dict(type='ScaledPrefix',
+                   presets=['encoder_self_attn', 'decoder_cross_attn'],
+                   num_prefix=8)
+ETTA = [ADAPTER, dict(type='ScaledPrefix', presets=['attn'], num_prefix=8)]
+
+# (arch, tuners) pairs whose tuners are exact at init
+EXACT = [
+    ('detr', [ADAPTER]),
+    ('detr', [LORA]),
+    ('deformable_detr', [ADAPTER]),
+    ('deformable_detr', [LORA]),
+    ('deformable_detr', [MSDA_PREFIX]),
+    ('deformable_detr', [ADAPTER, LORA, MSDA_PREFIX]),
+    ('vit', [ADAPTER]),
+    ('vit', [LORA]),
+]
+
+
+def build_pair(arch, tuners, trainable=()):
+    """A vanilla model and a PETL model holding the same base weights."""
+    cfg = SMALL_CFGS[arch]()
+    torch.manual_seed(0)
+    vanilla = build_inner_model(cfg)
+    vanilla.init_weights()
+    petl = PETLModel(model=cfg, tuners=tuners, trainable=list(trainable))
+    result = petl.load_state_dict(vanilla.state_dict(), strict=False)
+    # the post-load hook takes the (expected) tuner keys out of `missing`
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    return vanilla.eval(), petl.eval()
+
+
+@pytest.mark.parametrize('arch,tuners', EXACT,
+                         ids=[f'{a}-{"+".join(t["type"] for t in ts)}'
+                              for a, ts in EXACT])
+def test_exact_at_init_and_tuners_in_forward_path(arch, tuners):
+    vanilla, petl = build_pair(arch, tuners)
+    with torch.no_grad():
+        expected = tensor_outputs(vanilla, arch)
+        got = tensor_outputs(petl, arch)
+        assert len(got) == len(expected) > 0
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        # moving the tuners' parameters must move the outputs
+        for _, tuner in petl.tuner_modules():
+            for p in tuner.parameters():
+                p.normal_(0, 0.5)
+        moved = tensor_outputs(petl, arch)
+    assert any(not torch.allclose(a, b, atol=1e-4)
+               for a, b in zip(moved, expected))
+
+
+@pytest.mark.parametrize('arch', ['detr', 'deformable_detr', 'vit'])
+def test_state_dict_keys_are_vanilla_plus_tuners(arch):
+    vanilla, petl = build_pair(arch, ETTA if arch != 'vit' else ETTA[:1])
+    tuner_prefixes = tuple(n + '.' for n, _ in petl.tuner_modules())
+    base_keys = [k for k in petl.state_dict() if not k.startswith(
+        tuner_prefixes)]
+    assert base_keys == list(vanilla.state_dict())
+    assert all('.adapter.' in k or '.prefix.' in k
+               for k in petl.state_dict() if k.startswith(tuner_prefixes))
+
+
+def test_etta_places_tuners_everywhere_in_deformable_detr():
+    _, petl = build_pair('deformable_detr', ETTA)
+    kinds = {name: type(t).__name__ for name, t in petl.tuner_modules()}
+    for i in range(2):
+        assert kinds[f'encoder.layers.{i}.ffn.adapter'] == 'ParallelAdapter'
+        assert kinds[f'decoder.layers.{i}.ffn.adapter'] == 'ParallelAdapter'
+        assert kinds[f'encoder.layers.{i}.self_attn.prefix'] == \
+            'DeformablePrefix'
+        assert kinds[f'decoder.layers.{i}.cross_attn.prefix'] == \
+            'DeformablePrefix'
+        assert kinds[f'decoder.layers.{i}.self_attn.attn.prefix'] == \
+            'ScaledPrefix'
+
+
+def test_freezing_trainable_patterns_and_frozen_bn():
+    _, petl = build_pair('deformable_detr', ETTA, trainable=['bbox_head'])
+    tuner_ids = petl.tuner_parameter_ids()
+    head_ids = {id(p) for p in petl.bbox_head.parameters()}
+    for name, p in petl.named_parameters():
+        assert p.requires_grad == (id(p) in tuner_ids or id(p) in head_ids), \
+            name
+    petl.train()
+    bns = [m for m in petl.modules() if isinstance(m, _BatchNorm)]
+    assert bns and all(not m.training for m in bns)
+    assert petl.encoder.layers[0].ffn.training  # dropout still trains
+    assert petl.inner.training
+
+
+def test_init_weights_after_injection_keeps_tuners():
+    """The Runner calls model.init_weights(): it must not wipe tuner init
+    (DETR's xavier-inits every encoder/decoder matrix)."""
+    _, petl = build_pair('detr', [ADAPTER])
+    petl.init_weights()
+    for _, tuner in petl.tuner_modules():
+        assert torch.count_nonzero(tuner.branch.up.weight) == 0
+
+
+def test_attribute_lookup_falls_back_to_inner_model():
+    _, petl = build_pair('deformable_detr', [ADAPTER])
+    assert petl.with_box_refine is False
+    assert petl.num_queries == 10
+    assert petl.level_embed is petl.inner.level_embed
+
+
+def test_tuner_state_dict_holds_only_trainable():
+    _, petl = build_pair('detr', ETTA, trainable=['bbox_head'])
+    slim = petl.tuner_state_dict()
+    assert slim and all(k.startswith('bbox_head.') or '.adapter.' in k or
+                        '.prefix.' in k for k in slim)
+    trainable = sum(p.numel() for p in petl.parameters() if p.requires_grad)
+    assert sum(v.numel() for k, v in slim.items()
+               if v.requires_grad) == trainable
+
+
+def test_scaled_prefix_on_mha_and_deformable_types():
+    _, petl = build_pair('deformable_detr', ETTA)
+    types = {type(t) for _, t in petl.tuner_modules()}
+    assert ScaledPrefix in types and DeformablePrefix in types
+    assert all(isinstance(t, BaseTuner) for _, t in petl.tuner_modules())
