@@ -4,3 +4,7 @@ custom_hooks = [
     dict(type='mmpetl.ParamReportHook'),  # table of trainable/frozen groups
     dict(type='mmpetl.FrozenCheckHook'),  # frozen weights bit-identical
 ]
+# Import mmpetl when the config is read, before MMDetection's models are:
+# this also lets MMDetection's own tools/train.py run these configs, and
+# keeps a user's `transformers` from breaking `import mmdet.models`.
+custom_imports = dict(imports=['mmpetl'], allow_failed_imports=False)

@@ -43,10 +43,13 @@ _SCOPES = ('mmdet', 'mmpretrain')
 
 
 def _infer_scope(type_name: str) -> str:
+    """The scope (current default scope first) whose registry has the type."""
     current = DefaultScope.get_current_instance()
+    order = list(_SCOPES)
     if current is not None and current.scope_name in _SCOPES:
-        return current.scope_name
-    for scope in _SCOPES:
+        order.remove(current.scope_name)
+        order.insert(0, current.scope_name)
+    for scope in order:
         registry = import_module(f'{scope}.registry').MODELS
         if registry.get(type_name) is not None:
             return scope

@@ -131,6 +131,18 @@ class ScaledPrefix(BaseTuner):
             p_k, p_v = self.reparam(self.embedding).chunk(2, dim=-1)
         return p_k, self.scale * p_v
 
+    @torch.no_grad()
+    def fold_reparam(self) -> None:
+        """For deployment: replace the embedding + MLP by the prefixes
+        they produce (``2*l*d`` direct parameters); outputs are unchanged."""
+        if self.reparam_hidden is None:
+            return
+        p_k, p_v = self.reparam(self.embedding).chunk(2, dim=-1)
+        del self.embedding, self.reparam
+        self.prefix_k = nn.Parameter(p_k.clone())
+        self.prefix_v = nn.Parameter(p_v.clone())
+        self.reparam_hidden = None
+
     def num_deploy_params(self) -> int:
         return 2 * self.num_prefix * self.dims + int(
             isinstance(self.scale, nn.Parameter))

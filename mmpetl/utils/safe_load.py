@@ -1,10 +1,18 @@
 """Safe loading of MMEngine checkpoints under torch's ``weights_only=True``.
 
 Since torch 2.6 ``torch.load`` only unpickles tensors and allow-listed
-classes by default. MMEngine 0.10.7 writes its ``MessageHub`` state
-(``HistoryBuffer`` objects holding numpy arrays) into every checkpoint, so
-``--resume`` of its own checkpoints fails. mmpetl allow-lists exactly the
-classes MMEngine writes: nothing else, and safe loading stays on.
+classes by default, and MMEngine 0.10.7's ``--resume`` of its own
+checkpoints fails: they hold its ``MessageHub`` state, ``HistoryBuffer``
+objects with numpy arrays, whose pickled state also carries references to
+``HistoryBuffer.min/max/current/mean`` (written as ``getattr(...)`` calls).
+
+mmpetl fixes this narrowly, and safe loading stays on:
+
+* it allow-lists exactly the classes MMEngine writes (``HistoryBuffer``,
+  numpy arrays, dtypes and scalars) - never ``getattr``;
+* it writes ``HistoryBuffer`` without the four default statistics methods,
+  which ``HistoryBuffer.__setstate__`` re-registers on load anyway (methods
+  a user registered are still written, as before).
 """
 from typing import List
 
@@ -12,6 +20,8 @@ import numpy as np
 import torch
 
 __all__ = ['mmengine_checkpoint_globals', 'allow_mmengine_checkpoints']
+
+_DEFAULT_STATISTICS = ('min', 'max', 'current', 'mean')
 
 
 def mmengine_checkpoint_globals() -> List:
@@ -27,7 +37,22 @@ def mmengine_checkpoint_globals() -> List:
         dtypes
 
 
+def _history_buffer_getstate(self) -> dict:
+    """``HistoryBuffer.__getstate__`` without the default method refs (and
+    without mutating the live object, as MMEngine's version does)."""
+    state = dict(self.__dict__)
+    state.pop('statistics_methods', None)
+    custom = {name: method for name, method in
+              type(self)._statistics_methods.items()
+              if name not in _DEFAULT_STATISTICS}
+    if custom:
+        state['statistics_methods'] = custom
+    return state
+
+
 def allow_mmengine_checkpoints() -> None:
+    from mmengine.logging.history_buffer import HistoryBuffer
+    HistoryBuffer.__getstate__ = _history_buffer_getstate
     add = getattr(torch.serialization, 'add_safe_globals', None)
     if add is not None:
         add(mmengine_checkpoint_globals())

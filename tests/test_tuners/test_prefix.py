@@ -177,6 +177,10 @@ def test_reparametrised_prefix_feeds_attention():
     out, _ = mha(q, k, v)
     out.sum().backward()
     assert prefix.reparam[0].weight.grad.abs().sum() > 0
+    prefix.fold_reparam()  # deployment: direct prefixes, same outputs
+    assert prefix.num_train_params() == prefix.num_deploy_params() == \
+        2 * P * E + 1
+    torch.testing.assert_close(mha(q, k, v)[0], out)
 
 
 @pytest.mark.parametrize('bad', [0, -3, 2.5, True, None])
