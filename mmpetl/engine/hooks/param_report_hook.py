@@ -3,6 +3,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
 from mmpetl.injection import injection_table, parameter_groups_table
+from mmpetl.ops import msda_backend
 from mmpetl.registry import HOOKS
 
 __all__ = ['ParamReportHook']
@@ -23,3 +24,8 @@ class ParamReportHook(Hook):
                                injection_table(model.injected, model))
         runner.logger.info('mmpetl: parameters\n' +
                            parameter_groups_table(model))
+        if any(type(m).__name__ == 'MultiScaleDeformableAttention'
+               for m in model.modules()):
+            device = next(model.parameters()).device
+            runner.logger.info('mmpetl: deformable attention runs on '
+                               f'{device}: {msda_backend(device)}')
