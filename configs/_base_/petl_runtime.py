@@ -3,6 +3,8 @@
 custom_hooks = [
     dict(type='mmpetl.ParamReportHook'),  # table of trainable/frozen groups
     dict(type='mmpetl.FrozenCheckHook'),  # frozen weights bit-identical
+    # `<ckpt>_tuner.pth` beside every checkpoint: trainable tensors + meta
+    dict(type='mmpetl.TunerCheckpointHook'),
 ]
 # Import mmpetl when the config is read, before MMDetection's models are:
 # this also lets MMDetection's own tools/train.py run these configs, and

@@ -70,6 +70,15 @@ def build_inner_model(cfg: Dict, scope: Optional[str] = None) -> nn.Module:
     return ROOT_MODELS.build(cfg)
 
 
+def _plain(obj):
+    """ConfigDicts -> plain dicts/lists (safe to store in checkpoints)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
 def _as_list(value) -> List:
     if value is None:
         return []
@@ -111,6 +120,7 @@ class PETLModel(BaseModel):
         object.__setattr__(self, 'inner', inner)
         self.freeze_bn = freeze_bn
         self.injected: List[InjectedTuner] = records
+        self.tuner_cfgs = [_plain(c) for c in _as_list(tuners)]
         self.trainable_patterns = _as_list(trainable)
         self._freeze(self.trainable_patterns)
         self.register_load_state_dict_post_hook(_report_missing_tuner_keys)

@@ -1,0 +1,238 @@
+"""Tuner-only checkpoints: write, verify against a base, apply, publish.
+
+A tuner checkpoint holds only what a PETL run trained (tuner tensors and the
+declared trainable parts such as the heads) plus ``meta``::
+
+    meta = dict(
+        mmpetl_tuner_checkpoint=1,      # format marker
+        mmpetl_version='0.1.0',
+        tuners=[...], trainable=[...],  # the PETLModel's config
+        base_sha256='...',              # sha256 of the base checkpoint file
+        base_keys_hash='...',           # sha256 of its sorted (key, shape) list
+        base_checkpoint='name.pth',
+        lora_scaling={'<tuner key prefix>': alpha / r, ...})
+
+One shared base checkpoint plus a small tuner checkpoint per task rebuild
+the full model. Files are written to a temporary name and renamed, so a
+killed job never leaves a half-written checkpoint under the final name.
+"""
+import datetime
+import hashlib
+import os
+import tempfile
+from typing import Dict, Optional
+
+import torch
+
+__all__ = [
+    'sha256_file', 'keys_hash', 'atomic_save', 'load_checkpoint_file',
+    'tuner_checkpoint', 'save_tuner_checkpoint', 'load_tuner_checkpoint',
+    'apply_tuner_checkpoint', 'publish_checkpoint', 'BaseMismatchError',
+    'CheckpointError'
+]
+
+MARKER = 'mmpetl_tuner_checkpoint'
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+class BaseMismatchError(CheckpointError):
+    pass
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def keys_hash(state_dict: Dict[str, torch.Tensor]) -> str:
+    """Identity of an architecture: its sorted keys and shapes."""
+    items = sorted((k, tuple(v.shape)) for k, v in state_dict.items())
+    return hashlib.sha256(repr(items).encode()).hexdigest()
+
+
+def atomic_save(obj, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.pth', dir=folder)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint_file(path: str) -> Dict:
+    """Load a checkpoint with torch's safe loader and a clear error."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # corrupt, truncated, or unsafe content
+        raise CheckpointError(
+            f'cannot load {path} with safe loading ({type(err).__name__}: '
+            f'{str(err).splitlines()[0][:300]}). The file is truncated, '
+            f'corrupt, not a torch checkpoint, or carries pickled code; '
+            f'mmpetl never unpickles code. Re-download or re-save it.'
+        ) from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f'{path} holds a {type(ckpt).__name__}, not a '
+                              f'checkpoint dict')
+    return ckpt
+
+
+def _state_dict_of(ckpt: Dict) -> Dict[str, torch.Tensor]:
+    state = ckpt.get('state_dict', ckpt)
+    return {k[len('module.'):] if k.startswith('module.') else k: v
+            for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def tuner_checkpoint(model, base_path: Optional[str] = None,
+                     extra_meta: Optional[Dict] = None) -> Dict:
+    """The tuner checkpoint dict of a ``PETLModel``."""
+    from mmpetl.tuners import LoRAFusedAttention, LoRALinear
+    state = {k: v.detach().cpu() for k, v in model.tuner_state_dict().items()}
+    lora = {
+        name + '.': float(t.scaling)
+        for name, t in model.tuner_modules()
+        if isinstance(t, (LoRALinear, LoRAFusedAttention))
+    }
+    meta = {
+        MARKER: 1,
+        'mmpetl_version': __import__('mmpetl').__version__,
+        'tuners': [dict(c) for c in getattr(model, 'tuner_cfgs', [])],
+        'trainable': list(getattr(model, 'trainable_patterns', [])),
+        'base_checkpoint': None,
+        'base_sha256': None,
+        'base_keys_hash': None,
+        'lora_scaling': lora,
+        'time': datetime.datetime.now().isoformat(timespec='seconds'),
+    }
+    if base_path:
+        meta['base_checkpoint'] = os.path.basename(base_path)
+        meta['base_sha256'] = sha256_file(base_path)
+        meta['base_keys_hash'] = keys_hash(
+            _state_dict_of(load_checkpoint_file(base_path)))
+    meta.update(extra_meta or {})
+    return {'state_dict': state, 'meta': meta}
+
+
+def save_tuner_checkpoint(model, path: str, base_path: Optional[str] = None,
+                          extra_meta: Optional[Dict] = None) -> Dict:
+    ckpt = tuner_checkpoint(model, base_path, extra_meta)
+    atomic_save(ckpt, path)
+    return ckpt
+
+
+def load_tuner_checkpoint(path: str) -> Dict:
+    ckpt = load_checkpoint_file(path)
+    if not ckpt.get('meta', {}).get(MARKER):
+        raise CheckpointError(
+            f'{path} is not an mmpetl tuner checkpoint (no meta.{MARKER}); '
+            f'pass it as the base checkpoint instead, or give the '
+            f'`*_tuner.pth` file written beside each training checkpoint.')
+    return ckpt
+
+
+def check_base(tuner_ckpt: Dict, base_path: str, base_state: Dict,
+               force: bool = False) -> None:
+    """Refuse a base checkpoint other than the one the tuners trained on."""
+    meta = tuner_ckpt['meta']
+    want_sha, want_keys = meta.get('base_sha256'), meta.get('base_keys_hash')
+    if want_sha is None:
+        return
+    got_sha = sha256_file(base_path)
+    if got_sha == want_sha:
+        return
+    same_arch = keys_hash(base_state) == want_keys
+    message = (
+        f'this tuner checkpoint was trained on base '
+        f'`{meta.get("base_checkpoint")}` (sha256 {want_sha[:12]}...), but '
+        f'{base_path} has sha256 {got_sha[:12]}... '
+        + ('(same architecture, other weights)' if same_arch else
+           '(a different architecture: its keys/shapes differ)') +
+        '. Use the base it was trained on, or pass force=True '
+        '(--force-base) to apply it anyway.')
+    if not force or not same_arch:
+        raise BaseMismatchError(message)
+
+
+def _merge_lora(state: Dict[str, torch.Tensor],
+                scaling: Dict[str, float]) -> Dict[str, torch.Tensor]:
+    """Fold LoRA into the frozen weights: W += s * B @ A; drop LoRA keys."""
+    state = dict(state)
+    for prefix, scale in scaling.items():
+        a = state.pop(prefix + 'lora_A')
+        b = state.pop(prefix + 'lora_B')
+        host = prefix[:-len('lora.')]
+        key = host + 'in_proj_weight' if host + 'in_proj_weight' in state \
+            else host + 'weight'
+        state[key] = state[key] + scale * (b.float() @ a.float()).to(
+            state[key].dtype)
+    return state
+
+
+def apply_tuner_checkpoint(base_path: str, tuner_path: str,
+                           out_path: Optional[str] = None,
+                           merge_lora: bool = False,
+                           force: bool = False) -> Dict:
+    """base + tuners -> one full checkpoint (model-zoo style).
+
+    Args:
+        base_path: the shared base checkpoint.
+        tuner_path: a tuner checkpoint written by mmpetl.
+        out_path: where to write the result (atomic); None: only return it.
+        merge_lora: fold LoRA tuners into the base weights (their keys are
+            then gone; other tuners stay as tuner keys).
+        force: apply to a base with other weights (same architecture).
+
+    Returns:
+        dict: ``{'state_dict', 'meta'}``.
+    """
+    tuner = load_tuner_checkpoint(tuner_path)
+    base = load_checkpoint_file(base_path)
+    state = _state_dict_of(base)
+    check_base(tuner, base_path, state, force)
+    tuned = tuner['state_dict']
+    for key, value in tuned.items():
+        if key in state and state[key].shape != value.shape:
+            raise CheckpointError(
+                f'shape mismatch for {key}: base {tuple(state[key].shape)} '
+                f'vs tuner {tuple(value.shape)}')
+    state.update(tuned)
+    if merge_lora and tuner['meta'].get('lora_scaling'):
+        state = _merge_lora(state, tuner['meta']['lora_scaling'])
+    meta = dict(base.get('meta', {}) or {})
+    meta['mmpetl'] = {k: v for k, v in tuner['meta'].items() if k != MARKER}
+    meta['mmpetl']['lora_merged'] = bool(merge_lora)
+    result = {'state_dict': state, 'meta': meta}
+    if out_path:
+        atomic_save(result, out_path)
+    return result
+
+
+def publish_checkpoint(in_path: str, out_stem: str,
+                       date: Optional[str] = None) -> str:
+    """MMDetection model-zoo style: optimizer and runner state stripped,
+    meta kept, saved as ``{out_stem}_{YYYYMMDD}-{sha256[:8]}.pth`` (the
+    hash prefix torch.hub / MMEngine check on download)."""
+    ckpt = load_checkpoint_file(in_path)
+    for key in ('optimizer', 'message_hub', 'param_schedulers',
+                'ema_state_dict'):
+        ckpt.pop(key, None)
+    date = date or datetime.date.today().strftime('%Y%m%d')
+    folder = os.path.dirname(os.path.abspath(out_stem))
+    tmp = os.path.join(folder, f'.publish_{os.getpid()}.pth')
+    atomic_save(ckpt, tmp)
+    sha = sha256_file(tmp)
+    final = f'{out_stem}_{date}-{sha[:8]}.pth'
+    os.replace(tmp, final)
+    return final

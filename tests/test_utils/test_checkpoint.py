@@ -1,0 +1,145 @@
+"""Tuner checkpoints: write, apply to a base, verify, merge LoRA, publish."""
+import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmpetl.models import PETLModel, build_inner_model
+from mmpetl.utils.checkpoint import (BaseMismatchError, CheckpointError,
+                                     apply_tuner_checkpoint,
+                                     load_checkpoint_file,
+                                     load_tuner_checkpoint,
+                                     save_tuner_checkpoint,
+                                     sha256_file)
+from tests.conftest import small_detr_cfg, tensor_outputs
+
+ROOT = Path(__file__).resolve().parents[2]
+TUNERS = [dict(type='ParallelAdapter', presets=['ffn'], bottleneck=8),
+          dict(type='LoRA', presets=['attn'], rank=2),
+          dict(type='ScaledPrefix', presets=['decoder_self_attn'],
+               num_prefix=4)]
+
+
+def trained_petl(base_path):
+    """A PETL model on the base, with tuners and head moved off init."""
+    model = PETLModel(model=small_detr_cfg(), tuners=TUNERS,
+                      trainable=['bbox_head'])
+    model.load_state_dict(torch.load(base_path)['state_dict'], strict=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture()
+def base(tmp_path):
+    torch.manual_seed(3)
+    vanilla = build_inner_model(small_detr_cfg())
+    vanilla.init_weights()
+    path = tmp_path / 'base.pth'
+    torch.save(dict(state_dict=vanilla.state_dict(),
+                    meta=dict(dataset_meta=dict(classes=('a', 'b', 'c')))),
+               path)
+    return path
+
+
+def test_tuner_checkpoint_apply_reproduces_predictions(tmp_path, base):
+    model = trained_petl(base)
+    tuner_path = tmp_path / 'iter_1_tuner.pth'
+    ckpt = save_tuner_checkpoint(model, str(tuner_path), str(base))
+    meta = ckpt['meta']
+    assert meta['base_sha256'] == sha256_file(base)
+    assert meta['tuners'][0]['type'] == 'ParallelAdapter'
+    assert meta['trainable'] == ['bbox_head']
+    assert meta['mmpetl_version']
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    stored = sum(v.numel() for v in ckpt['state_dict'].values())
+    assert trainable <= stored < trainable * 1.01  # + fixed-scale buffers
+    assert tuner_path.stat().st_size * 10 < base.stat().st_size
+
+    full = apply_tuner_checkpoint(str(base), str(tuner_path),
+                                  str(tmp_path / 'full.pth'))
+    rebuilt = PETLModel(model=small_detr_cfg(), tuners=TUNERS,
+                        trainable=['bbox_head']).eval()
+    result = rebuilt.load_state_dict(
+        load_checkpoint_file(tmp_path / 'full.pth')['state_dict'])
+    assert not result.missing_keys and not result.unexpected_keys
+    assert full['meta']['dataset_meta']['classes'] == ('a', 'b', 'c')
+    with torch.no_grad():
+        for a, b in zip(tensor_outputs(model, 'detr'),
+                        tensor_outputs(rebuilt, 'detr')):
+            assert torch.equal(a, b)  # exactly what the trained model does
+
+
+def test_merge_lora_gives_the_same_predictions(tmp_path, base):
+    model = trained_petl(base)
+    save_tuner_checkpoint(model, str(tmp_path / 't.pth'), str(base))
+    merged = apply_tuner_checkpoint(str(base), str(tmp_path / 't.pth'),
+                                    merge_lora=True)
+    assert not any('.lora.' in k for k in merged['state_dict'])
+    no_lora = [t for t in TUNERS if t['type'] != 'LoRA']
+    rebuilt = PETLModel(model=small_detr_cfg(), tuners=no_lora,
+                        trainable=['bbox_head']).eval()
+    result = rebuilt.load_state_dict(merged['state_dict'])
+    assert not result.missing_keys and not result.unexpected_keys
+    with torch.no_grad():
+        for a, b in zip(tensor_outputs(model, 'detr'),
+                        tensor_outputs(rebuilt, 'detr')):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_mismatched_base_is_refused(tmp_path, base):
+    model = trained_petl(base)
+    save_tuner_checkpoint(model, str(tmp_path / 't.pth'), str(base))
+    other = tmp_path / 'other.pth'
+    state = torch.load(base)['state_dict']
+    state['backbone.conv1.weight'] = state['backbone.conv1.weight'] + 1
+    torch.save(dict(state_dict=state), other)
+    with pytest.raises(BaseMismatchError,
+                       match=r'trained on base `base.pth`.*same architecture'
+                       r'.*--force-base'):
+        apply_tuner_checkpoint(str(other), str(tmp_path / 't.pth'))
+    # explicitly overridable, for the same architecture only
+    apply_tuner_checkpoint(str(other), str(tmp_path / 't.pth'), force=True)
+    del state['backbone.conv1.weight']
+    torch.save(dict(state_dict=state), other)
+    with pytest.raises(BaseMismatchError, match='different architecture'):
+        apply_tuner_checkpoint(str(other), str(tmp_path / 't.pth'),
+                               force=True)
+
+
+def test_bad_files_get_clear_errors(tmp_path, base):
+    truncated = tmp_path / 'truncated.pth'
+    truncated.write_bytes(base.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match='truncated, corrupt'):
+        load_checkpoint_file(truncated)
+    with pytest.raises(CheckpointError, match='not an mmpetl tuner'):
+        load_tuner_checkpoint(str(base))
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        load_checkpoint_file(tmp_path / 'missing.pth')
+
+
+def test_publish_model_name_and_hash(tmp_path, base):
+    ckpt = dict(torch.load(base))
+    ckpt['optimizer'] = dict(state={}, param_groups=[])
+    ckpt['message_hub'] = dict(log_scalars={})
+    src = tmp_path / 'iter_10.pth'
+    torch.save(ckpt, src)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/model_converters/publish_model.py'),
+         str(src), str(tmp_path / 'et-detr_r18_demo.pth'), '--date',
+         '20261125'],
+        capture_output=True, text=True, check=True).stdout
+    files = list(tmp_path.glob('et-detr_r18_demo_20261125-*.pth'))
+    assert len(files) == 1 and files[0].name in out
+    sha = hashlib.sha256(files[0].read_bytes()).hexdigest()
+    assert re.fullmatch(rf'et-detr_r18_demo_20261125-{sha[:8]}\.pth',
+                        files[0].name)  # what torch.hub's check_hash checks
+    published = load_checkpoint_file(files[0])
+    assert 'optimizer' not in published and 'message_hub' not in published
+    assert published['meta']['dataset_meta']['classes'] == ('a', 'b', 'c')

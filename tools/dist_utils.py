@@ -1,0 +1,26 @@
+"""Launcher details shared by tools/train.py and tools/test.py."""
+import os
+
+import torch
+
+
+def setup_cpu_distributed(cfg, launcher: str, logger_print=print) -> None:
+    """Multi-process runs on machines without CUDA: gloo, DDP on CPU.
+
+    MMEngine 0.10.7 calls ``torch.cuda.set_device`` in its pytorch launcher
+    and hands ``device_ids=[LOCAL_RANK]`` to DDP; neither works without a
+    GPU. Here the process group is started with gloo first (MMEngine then
+    skips its own init) and DDP gets ``device_ids=None``.
+    """
+    if launcher == 'none' or torch.cuda.is_available():
+        return
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    cfg.model_wrapper_cfg = dict(
+        type='MMDistributedDataParallel', device_ids=None,
+        broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    if int(os.environ.get('RANK', 0)) == 0:
+        logger_print(f'mmpetl: no CUDA device: {dist.get_world_size()} '
+                     f'processes on CPU with the gloo backend')
