@@ -3,7 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope

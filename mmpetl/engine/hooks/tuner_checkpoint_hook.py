@@ -1,16 +1,16 @@
 """Tuner-only checkpoints beside the regular ones, and loading them back."""
 import os.path as osp
-from typing import Optional
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner.checkpoint import load_state_dict
 
 from mmpetl.registry import HOOKS
-from mmpetl.utils.checkpoint import (check_base, load_checkpoint_file,
+from mmpetl.utils.checkpoint import (_state_dict_of, atomic_save,
+                                     check_base, keys_hash,
+                                     load_checkpoint_file,
                                      load_tuner_checkpoint, sha256_file,
-                                     tuner_checkpoint, atomic_save,
-                                     keys_hash, _state_dict_of)
+                                     tuner_checkpoint)
 
 __all__ = ['TunerCheckpointHook', 'LoadTunerHook']
 
