@@ -33,6 +33,13 @@ class TunerCheckpointHook(Hook):
         self._base_meta = None
 
     def before_train(self, runner) -> None:
+        if not hasattr(_unwrap(runner.model), 'tuner_state_dict'):
+            runner.logger.warning(
+                'mmpetl: TunerCheckpointHook does nothing for '
+                f'{type(_unwrap(runner.model)).__name__}: it is not an '
+                'mmpetl.PETLModel (full fine-tuning saves full checkpoints)')
+            self._base_meta = False
+            return
         base = runner._load_from
         meta = dict(base_checkpoint=None, base_sha256=None,
                     base_keys_hash=None)
@@ -48,7 +55,9 @@ class TunerCheckpointHook(Hook):
         self._base_meta = meta
         self._last = runner.message_hub.get_info('last_ckpt')
 
-    def _save_if_new(self, runner) -> None:
+    def _save_if_new(self, runner, done_iters: int, done_epochs: int) -> None:
+        if self._base_meta is False:
+            return
         last = runner.message_hub.get_info('last_ckpt')
         if not last or last == self._last or not runner.rank == 0:
             self._last = last
@@ -57,8 +66,8 @@ class TunerCheckpointHook(Hook):
         path = osp.splitext(last)[0] + '_tuner.pth'
         ckpt = tuner_checkpoint(_unwrap(runner.model),
                                 extra_meta=dict(self._base_meta,
-                                                iter=runner.iter,
-                                                epoch=runner.epoch))
+                                                iter=done_iters,
+                                                epoch=done_epochs))
         atomic_save(ckpt, path)
         runner.logger.info(f'mmpetl: tuner checkpoint {path} '
                            f'({osp.getsize(path) / 2**20:.2f} MiB, '
@@ -66,13 +75,14 @@ class TunerCheckpointHook(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:
-        self._save_if_new(runner)
+        # the loop counts this iteration only after the hooks ran
+        self._save_if_new(runner, runner.iter + 1, runner.epoch)
 
     def after_train_epoch(self, runner) -> None:
-        self._save_if_new(runner)
+        self._save_if_new(runner, runner.iter, runner.epoch + 1)
 
     def after_train(self, runner) -> None:
-        self._save_if_new(runner)
+        self._save_if_new(runner, runner.iter, runner.epoch)
 
 
 @HOOKS.register_module()
