@@ -23,6 +23,10 @@ class IncompatibleVersionError(ImportError):
     pass
 
 
+class MultimodalDisabledWarning(UserWarning):
+    pass
+
+
 def _parse(version: str) -> Tuple[int, ...]:
     parts = []
     for piece in version.split('+')[0].split('.')[:3]:
@@ -91,9 +95,9 @@ def guard_mmpretrain_multimodal() -> bool:
     if module.WITH_MULTIMODAL:
         module.WITH_MULTIMODAL = False
         warnings.warn(
-            'mmpetl: transformers is installed; MMPretrain\'s multimodal '
-            'models (BLIP, LLaVA, ...) are disabled so that their imports, '
-            'which break with recent transformers, cannot break mmdet. Set '
-            'MMPETL_KEEP_MMPRETRAIN_MULTIMODAL=1 to keep them.')
+            'mmpetl: MMPretrain multimodal models disabled (their imports '
+            'break with this transformers); '
+            'MMPETL_KEEP_MMPRETRAIN_MULTIMODAL=1 keeps them',
+            MultimodalDisabledWarning, stacklevel=2)
     sys.modules[name] = module
     return True

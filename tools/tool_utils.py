@@ -1,7 +1,24 @@
-"""Launcher details shared by tools/train.py and tools/test.py."""
+"""What tools/train.py and tools/test.py share: config loading, launchers."""
 import os
+import os.path as osp
 
 import torch
+from mmengine.config import Config
+
+
+def load_config(args):
+    """Config + --cfg-options + launcher + work dir (MMDetection's rules:
+    --work-dir, else the config's work_dir, else ./work_dirs/<config>)."""
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    return cfg
 
 
 def setup_cpu_distributed(cfg, launcher: str, logger_print=print) -> None:
