@@ -13,6 +13,9 @@ encoder_ffn        encoder.layers.N.ffn                   backbone.layers.N.ffn
 decoder_ffn        decoder.layers.N.ffn                   --
 attn               all attention above                    backbone.layers.N.attn
 ffn                encoder_ffn + decoder_ffn              backbone.layers.N.ffn
+first_layer_attn   attention of encoder/decoder layer 0   backbone.layers.0.attn
+first_layer_ffn    FFN of encoder/decoder layer 0         backbone.layers.0.ffn
+backbone           --                                     backbone (VPT)
 ================== ====================================== ==================
 
 In Deformable DETR the encoder self-attention and decoder cross-attention
@@ -43,6 +46,13 @@ _VIT = {
 }
 _VIT['attn'] = _VIT['encoder_self_attn']
 _VIT['ffn'] = _VIT['encoder_ffn']
+_VIT['backbone'] = r'backbone'  # the VisionTransformer itself (VPT)
+_VIT['first_layer_attn'] = r'backbone\.layers\.0\.attn'
+_VIT['first_layer_ffn'] = r'backbone\.layers\.0\.ffn'
+_DETR['first_layer_attn'] = (r'(encoder|decoder)\.layers\.0\.'
+                             r'(self_attn|cross_attn)')
+_DETR['first_layer_ffn'] = r'(encoder|decoder)\.layers\.0\.ffn'
+_DETR['backbone'] = r'backbone'
 
 PRESETS: Dict[str, Dict[str, str]] = {
     'detr': dict(_DETR),

@@ -7,9 +7,12 @@ from .base import BaseTuner, TunerHostError
 from .deformable_prefix import DeformablePrefix
 from .lora import LoRA, LoRAFusedAttention, LoRALinear
 from .prefix import PrefixTuning, ScaledPrefix
+from .serial_adapter import SerialAdapter
+from .utuner import UTuner
+from .vpt import VPT
 
 __all__ = [
     'BaseTuner', 'TunerHostError', 'ParallelAdapter', 'ScaledPrefix',
     'PrefixTuning', 'DeformablePrefix', 'LoRA', 'LoRALinear',
-    'LoRAFusedAttention'
+    'LoRAFusedAttention', 'SerialAdapter', 'UTuner', 'VPT'
 ]

@@ -13,6 +13,12 @@ MSDA_PREFIX = dict(type='ScaledPrefix',
                    presets=['encoder_self_attn', 'decoder_cross_attn'],
                    num_prefix=8)
 ETTA = [ADAPTER, dict(type='ScaledPrefix', presets=['attn'], num_prefix=8)]
+SERIAL = dict(type='SerialAdapter', presets=['ffn'], bottleneck=16)
+DUAL_U = [dict(type='UTuner', presets=['attn', 'ffn'], bottleneck=16)]
+DUAL_U_SEQ = [dict(type='UTuner', presets=['attn', 'ffn'], bottleneck=16,
+                   form='sequential')]
+FIRST_U = [dict(type='UTuner', presets=['first_layer_attn',
+                                        'first_layer_ffn'], bottleneck=16)]
 
 # (arch, tuners) pairs whose tuners are exact at init
 EXACT = [
@@ -24,6 +30,15 @@ EXACT = [
     ('deformable_detr', [ADAPTER, LORA, MSDA_PREFIX]),
     ('vit', [ADAPTER]),
     ('vit', [LORA]),
+    ('detr', [SERIAL]),
+    ('deformable_detr', [SERIAL]),
+    ('vit', [SERIAL]),
+    ('detr', DUAL_U),
+    ('deformable_detr', DUAL_U),
+    ('vit', DUAL_U),
+    ('detr', DUAL_U_SEQ),
+    ('deformable_detr', FIRST_U),
+    ('vit', DUAL_U_SEQ),
 ]
 
 
@@ -130,3 +145,38 @@ def test_scaled_prefix_on_mha_and_deformable_types():
     types = {type(t) for _, t in petl.tuner_modules()}
     assert ScaledPrefix in types and DeformablePrefix in types
     assert all(isinstance(t, BaseTuner) for _, t in petl.tuner_modules())
+
+
+def test_first_layer_utuner_is_10x_smaller_than_dual():
+    _, first = build_pair('deformable_detr', FIRST_U)
+    _, dual = build_pair('deformable_detr', DUAL_U)
+    names = [n for n, _ in first.tuner_modules()]
+    assert all('.layers.0.' in n for n in names)
+    count = sum(t.num_train_params() for _, t in first.tuner_modules())
+    assert count * 2 == sum(t.num_train_params()
+                            for _, t in dual.tuner_modules())  # 1 of 2 layers
+
+
+def test_bitfit_trains_exactly_the_biases_and_heads():
+    cfg = SMALL_CFGS['detr']()
+    petl = PETLModel(model=cfg, tuners=[],
+                     trainable=['bbox_head', r'.*\.bias'])
+    head = {id(p) for p in petl.bbox_head.parameters()}
+    for name, p in petl.named_parameters():
+        assert p.requires_grad == (name.endswith('.bias') or id(p) in head)
+
+
+def test_vpt_on_vit_and_its_refusal_on_detr():
+    vanilla, petl = build_pair('vit', [dict(type='VPT', presets=['backbone'],
+                                            num_prompts=3, deep=True)])
+    (name, vpt), = petl.tuner_modules()
+    assert name == 'backbone.vpt'
+    assert vpt.num_train_params() == 2 * 3 * 64  # L * P * d
+    with torch.no_grad():
+        feats = tensor_outputs(petl, 'vit')
+        base = tensor_outputs(vanilla, 'vit')
+    assert feats[0].shape == base[0].shape
+    assert not torch.allclose(feats[0], base[0])  # prompts join attention
+    with pytest.raises(TypeError, match='VPT cannot tune `backbone`.*'
+                       'ScaledPrefix'):
+        build_pair('detr', [dict(type='VPT', presets=['backbone'])])
