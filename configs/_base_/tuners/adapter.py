@@ -3,4 +3,4 @@
 tuners = [
     dict(type='ParallelAdapter', presets=['ffn'], bottleneck=256, scale=1.0),
 ]
-trainable = ['bbox_head']
+extra_trainable = []

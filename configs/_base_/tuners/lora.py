@@ -2,4 +2,4 @@
 # MultiheadAttention; value/output/offset Linears of deformable attention)
 # and on the FFN Linears.
 tuners = [dict(type='LoRA', presets=['attn', 'ffn'], rank=16, alpha=16)]
-trainable = ['bbox_head']
+extra_trainable = []

@@ -1,3 +1,3 @@
 # Serial (Houlsby) adapters after every FFN's MLP, before its residual.
 tuners = [dict(type='SerialAdapter', presets=['ffn'], bottleneck=64)]
-trainable = ['bbox_head']
+extra_trainable = []

@@ -5,4 +5,4 @@ tuners = [
     dict(type='UTuner', presets=['attn'], bottleneck=64, form='parallel'),
     dict(type='UTuner', presets=['ffn'], bottleneck=64, form='parallel'),
 ]
-trainable = ['bbox_head']
+extra_trainable = []

@@ -4,4 +4,4 @@ tuners = [
     dict(type='UTuner', presets=['first_layer_attn', 'first_layer_ffn'],
          bottleneck=64, form='parallel'),
 ]
-trainable = ['bbox_head']
+extra_trainable = []

@@ -1,3 +1,3 @@
 # VPT-shallow (ViT only): 10 prompt tokens before the first layer.
 tuners = [dict(type='VPT', presets=['backbone'], num_prompts=10, deep=False)]
-trainable = ['head']
+extra_trainable = []

@@ -1,0 +1,28 @@
+# Deformable DETR R50 (MMDetection 3.x) wrapped in mmpetl.PETLModel, frozen:
+# a method config adds `tuners` (and what else it trains) on top. Start
+# from a full Deformable DETR checkpoint at `load_from`.
+_base_ = [
+    'mmdet::deformable_detr/deformable-detr_r50_16xb2-50e_coco.py',
+    '../petl_runtime.py',
+]
+
+detector = _base_.model
+# the base checkpoint provides every base weight: no ImageNet download
+detector.backbone.init_cfg = None
+heads = ['bbox_head']  # new classes need new classifiers
+
+model = dict(
+    _delete_=True,
+    type='mmpetl.PETLModel',
+    model=detector,
+    tuners=[],
+    trainable=heads)
+
+# PETL wants a higher learning rate than full fine-tuning: the tuners train
+# at 5x the base lr, the heads at the base lr.
+optim_wrapper = dict(
+    constructor='mmpetl.PETLOptimWrapperConstructor',
+    optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4),
+    paramwise_cfg=dict(tuner_lr_mult=5.0))
+
+load_from = 'checkpoints/deformable_detr_r50_16x2_50e_coco_20210419_220030-a12b9512.pth'  # noqa

@@ -1,0 +1,24 @@
+# DETR R50 (MMDetection 3.x) wrapped in mmpetl.PETLModel, frozen: a method
+# config adds `tuners`. Start from a full DETR checkpoint at `load_from`.
+_base_ = [
+    'mmdet::detr/detr_r50_8xb2-150e_coco.py',
+    '../petl_runtime.py',
+]
+
+detector = _base_.model
+detector.backbone.init_cfg = None
+heads = ['bbox_head']
+
+model = dict(
+    _delete_=True,
+    type='mmpetl.PETLModel',
+    model=detector,
+    tuners=[],
+    trainable=heads)
+
+optim_wrapper = dict(
+    constructor='mmpetl.PETLOptimWrapperConstructor',
+    optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4),
+    paramwise_cfg=dict(tuner_lr_mult=5.0))
+
+load_from = 'checkpoints/detr_r50_8xb2-150e_coco_20221023_153551-436d03e8.pth'  # noqa

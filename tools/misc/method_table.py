@@ -1,0 +1,110 @@
+"""Count every method on every architecture and write the README table.
+
+    python tools/misc/method_table.py [--write-readme]
+
+Builds each config in configs/methods/ (full-size models, no data, no
+downloads) and counts its trainable parameters; with --write-readme the
+table replaces the one between the README's method-table markers.
+"""
+import argparse
+import glob
+import os.path as osp
+import re
+import sys
+
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+
+import mmpetl  # noqa: F401
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+ARCHS = [('detr_r50_coco', 'DETR R50'),
+         ('deformable-detr_r50_coco', 'Deformable DETR R50'),
+         ('vit-b16_cifar100', 'ViT-B/16')]
+# method: (name, formula, where it goes)
+METHODS = {
+    'full-ft': ('full fine-tuning', 'every weight trains', 'everywhere'),
+    'heads-only': ('heads only', 'frozen model, new heads', 'heads'),
+    'bitfit': ('BitFit', 'only biases (and heads) train', 'every bias'),
+    'adapter': ('parallel adapter', 'FFN(x) + s·up(act(down(x)))',
+                'every FFN, b=256'),
+    'serial-adapter': ('serial adapter (Houlsby)',
+                       'x + m + s·up(act(down(m))), m = MLP(x)',
+                       'every FFN, b=64'),
+    'lora': ('LoRA', "W + (α/r)·B·A, B=0 at init",
+             'attention q/k/v/out (MSDA value/out/offsets), FFN Linears, '
+             'r=16'),
+    'prefix': ('prefix tuning', 'softmax(q[P_k;K]) [P_v;V]',
+               'every attention, l=50'),
+    'etta': ('ETTA (ET-*)',
+             'adapters in FFNs + scaled prefix (1-λ)Attn + s·λ·Attn_P; '
+             'MSDA: + s·W_o·Attn(q,P_k,P_v)',
+             'every FFN (b=256) and attention (l=50)'),
+    'utuning': ('U-Tuning, Dual-U-Tuner', 'OP(x) + U(x)',
+                'every attention and FFN, b=64'),
+    'utuning-first-layer': ('U-Tuning, first layer only', 'OP(x) + U(x)',
+                            'attention and FFN of layer 0, b=64'),
+    'vpt-shallow': ('VPT-shallow', '[cls, P, x] before layer 1',
+                    'ViT input, 10 prompts'),
+    'vpt-deep': ('VPT-deep', '[cls, P_i, x] before every layer i',
+                 'every ViT layer, 10 prompts'),
+}
+START, END = '<!-- method-table:start -->', '<!-- method-table:end -->'
+
+
+def count(path):
+    cfg = Config.fromfile(path)
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    model = MODELS.build(cfg.model)
+    total = sum(p.numel() for p in model.parameters())
+    if not hasattr(model, 'tuner_modules'):  # a vanilla model: full FT
+        return total, total
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), \
+        total
+
+
+def build_table():
+    rows = ['| method | formula | where | ' +
+            ' | '.join(title for _, title in ARCHS) + ' |',
+            '|---|---|---|' + '---:|' * len(ARCHS)]
+    for key, (name, formula, where) in METHODS.items():
+        cells = []
+        for arch, _ in ARCHS:
+            path = osp.join(ROOT, 'configs', 'methods', f'{key}_{arch}.py')
+            if not osp.exists(path):
+                cells.append('n/a')
+                continue
+            trainable, total = count(path)
+            cells.append(f'{trainable / 1e6:.2f}M ({100 * trainable / total:.2f}%)')
+        rows.append(f'| {name} | {formula} | {where} | ' + ' | '.join(cells) +
+                    ' |')
+    return '\n'.join(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--write-readme', action='store_true')
+    args = parser.parse_args()
+    known = {osp.basename(p).split('_')[0]
+             for p in glob.glob(osp.join(ROOT, 'configs/methods/*.py'))}
+    missing = known - set(METHODS)
+    if missing:
+        sys.exit(f'configs/methods has methods the table does not know: '
+                 f'{sorted(missing)}')
+    table = (build_table() + '\n\nTrainable parameters (and % of all '
+             'parameters), counted by `tools/misc/method_table.py` from '
+             '`configs/methods/`; n/a: the method does not apply (VPT needs a '
+             "ViT's token sequence).")
+    print(table)
+    if args.write_readme:
+        readme = osp.join(ROOT, 'README.md')
+        text = open(readme).read()
+        if START not in text:
+            sys.exit(f'README.md has no {START} marker')
+        text = re.sub(re.escape(START) + '.*?' + re.escape(END),
+                      START + '\n' + table + '\n' + END, text, flags=re.S)
+        open(readme, 'w').write(text)
+
+
+if __name__ == '__main__':
+    main()
