@@ -7,6 +7,12 @@
                 dict(type='ScaledPrefix', presets=['attn'], num_prefix=50)],
         trainable=['bbox_head'])
 
+A parallel network that runs beside the whole frozen model instead of
+inside its modules (UniPT) is configured apart from the per-module tuners:
+``parallel=dict(type='UniPT', bottleneck=64)``. It is a ``BaseTuner`` too
+(trained, reported and optimised like the tuners), under the new key
+prefix ``unipt.``.
+
 Build order (the order matters): build the inner model -> run its
 ``init_weights()`` (DETR's xavier-inits every encoder/decoder matrix and
 would wipe the tuners' zero init) -> inject the tuners -> freeze everything
@@ -32,8 +38,8 @@ from mmengine.registry import DefaultScope
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmpetl.injection import (InjectedTuner, count_trainable, inject,
-                              name_matches, nearest_names)
+from mmpetl.injection import (InjectedTuner, count_trainable, get_tuner_cls,
+                              inject, name_matches, nearest_names)
 from mmpetl.registry import MODELS
 from mmpetl.tuners import BaseTuner
 
@@ -101,6 +107,13 @@ class PETLModel(BaseModel):
             model; inferred if None.
         freeze_bn (bool): keep BatchNorm layers with frozen parameters in
             eval mode (running statistics frozen too).
+        parallel (dict, optional): a parallel network beside the whole
+            model, e.g. ``dict(type='UniPT', bottleneck=64)`` (see
+            :mod:`mmpetl.tuners.unipt`); ``lr_mult``/``decay_mult`` as in
+            tuner configs.
+        data_preprocessor (dict, optional): used by the inner model when its
+            config has none (MMEngine's Runner passes a config's top-level
+            ``data_preprocessor`` here).
     """
 
     def __init__(self,
@@ -110,19 +123,29 @@ class PETLModel(BaseModel):
                  arch: Optional[str] = None,
                  scope: Optional[str] = None,
                  freeze_bn: bool = True,
-                 init_cfg: Optional[Dict] = None) -> None:
+                 init_cfg: Optional[Dict] = None,
+                 parallel: Optional[Dict] = None,
+                 data_preprocessor: Optional[Dict] = None) -> None:
+        if data_preprocessor is not None:  # the Runner's top-level one
+            model = dict(model)
+            model.setdefault('data_preprocessor', data_preprocessor)
         inner = build_inner_model(model, scope)
         _quiet_init_weights(inner)
         records = inject(inner, _as_list(tuners), arch)
+        if parallel is not None:
+            records.append(_attach_parallel(inner, parallel))
         super().__init__(init_cfg=init_cfg)
         self._share_inner_members(inner)
         # set last: attribute lookups fall back to `inner` (see __getattr__)
         object.__setattr__(self, 'inner', inner)
         self.freeze_bn = freeze_bn
         self.injected: List[InjectedTuner] = records
-        self.tuner_cfgs = [_plain(c) for c in _as_list(tuners)]
+        self.tuner_cfgs = [_plain(c) for c in _as_list(tuners) +
+                           _as_list(parallel)]  # all recorded in checkpoints
         self.trainable_patterns = _as_list(trainable)
         self._freeze(self.trainable_patterns)
+        if parallel is not None:  # e.g. UniPT: only it and the heads train
+            records[-1].tuner.check_trainable(self)
         self.register_load_state_dict_post_hook(_report_missing_tuner_keys)
         tuner_params = sum(r.num_params for r in records)
         trainable, total = count_trainable(self)
@@ -237,6 +260,22 @@ def _quiet_init_weights(model: nn.Module) -> None:
         model.init_weights()
     finally:
         logger.setLevel(level)
+
+
+def _attach_parallel(model: nn.Module, cfg: Dict) -> InjectedTuner:
+    """Build a parallel network (e.g. UniPT) and attach it to ``model``."""
+    cfg = dict(cfg)
+    type_name = cfg.pop('type', None)
+    cls = get_tuner_cls(type_name)
+    if not getattr(cls, 'is_parallel_network', False):
+        raise TypeError(
+            f'`parallel` takes a network beside the whole model (UniPT); '
+            f'{type_name} attaches to modules: list it in `tuners`.')
+    lr_mult, decay_mult = cfg.pop('lr_mult', 1.0), cfg.pop('decay_mult', 1.0)
+    tuner = cls.from_host(model, **cfg)
+    tuner.lr_mult, tuner.decay_mult = float(lr_mult), float(decay_mult)
+    tuner.attach(model)
+    return InjectedTuner('(model)', type(model).__name__, type_name, tuner)
 
 
 def _is_regex(pattern: str) -> bool:

@@ -8,11 +8,12 @@ from .deformable_prefix import DeformablePrefix
 from .lora import LoRA, LoRAFusedAttention, LoRALinear
 from .prefix import PrefixTuning, ScaledPrefix
 from .serial_adapter import SerialAdapter
+from .unipt import UniPT
 from .utuner import UTuner
 from .vpt import VPT
 
 __all__ = [
     'BaseTuner', 'TunerHostError', 'ParallelAdapter', 'ScaledPrefix',
     'PrefixTuning', 'DeformablePrefix', 'LoRA', 'LoRALinear',
-    'LoRAFusedAttention', 'SerialAdapter', 'UTuner', 'VPT'
+    'LoRAFusedAttention', 'SerialAdapter', 'UTuner', 'VPT', 'UniPT'
 ]

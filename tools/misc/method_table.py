@@ -44,6 +44,8 @@ METHODS = {
                 'every attention and FFN, b=64'),
     'utuning-first-layer': ('U-Tuning, first layer only', 'OP(x) + U(x)',
                             'attention and FFN of layer 0, b=64'),
+    'unipt': ('UniPT', 'h_k + U(Σ_l a_kl·m_kl), fed detached activations',
+              'beside the model: decoder layers (DETR) / ViT layers, r=64'),
     'vpt-shallow': ('VPT-shallow', '[cls, P, x] before layer 1',
                     'ViT input, 10 prompts'),
     'vpt-deep': ('VPT-deep', '[cls, P_i, x] before every layer i',

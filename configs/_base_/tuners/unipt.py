@@ -4,14 +4,15 @@
 # correction to what the heads consume. It is not a per-module tuner: pass
 # it as `parallel`, next to an empty `tuners` list:
 #
-#   model = dict(_delete_=True, type='mmpetl.PETLModel', model=detector,
-#                tuners=_base_.tuners, parallel=_base_.parallel,
-#                trainable=_base_.trainable)
+#   _base_ = ['../_base_/archs/detr_r50_coco.py', '../_base_/tuners/unipt.py']
+#   model = dict(tuners=_base_.tuners, parallel=_base_.parallel,
+#                trainable=_base_.heads + _base_.extra_trainable)
 #
-# Only UniPT and the heads can train (everything before the heads runs in
-# torch.no_grad); for a ViT classifier use trainable = ['head'].
+# Only UniPT and the heads can train: everything before the heads runs in
+# torch.no_grad, so PETLModel refuses any other trainable part (keep
+# `extra_trainable` empty) and other tuners.
 # bottleneck r = d / 4 (64 for DETR's d = 256): 118,470 parameters for 6
 # decoder layers, (L+1)*d*r + (L+1)*r + 2*L*d + d + L.
 tuners = []
 parallel = dict(type='UniPT', bottleneck=64, all_layers=True)
-trainable = ['bbox_head']
+extra_trainable = []
