@@ -20,4 +20,3 @@ tuners = [
 # Beyond the tuners and the heads (the architecture config names them),
 # ETTA trains nothing.
 extra_trainable = []
-trainable = ['bbox_head']  # TEMP: configs/demo still read this
