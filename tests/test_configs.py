@@ -68,3 +68,19 @@ def test_print_injection_dry_run():
     assert 'DeformablePrefix' in out and 'ParallelAdapter' in out
     assert 'tuners: 30 modules' in out  # 12 FFN + 6 MSDA enc + 6+6 dec attn
     assert 'trainable:' in out and 'TOTAL trainable' in out
+
+
+def test_et_detr_vit_backbone_config_builds_small():
+    _, model = build(
+        'configs/et_detr_vit-b16_coco.py',
+        **{'model.model.backbone.arch': 'deit-tiny',
+           'model.model.backbone.img_size': 64,
+           'model.model.backbone.init_cfg': None,
+           'model.model.neck.in_channels': [192]})
+    names = {n for n, _ in model.tuner_modules()}
+    assert 'backbone.layers.11.ffn.adapter' in names
+    assert 'backbone.layers.0.attn.prefix' in names
+    assert 'decoder.layers.5.cross_attn.attn.prefix' in names
+    assert not any(p.requires_grad for p in model.backbone.parameters()
+                   if not any(p is q for _, t in model.tuner_modules()
+                              for q in t.parameters()))

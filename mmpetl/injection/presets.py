@@ -16,7 +16,13 @@ ffn                encoder_ffn + decoder_ffn              backbone.layers.N.ffn
 first_layer_attn   attention of encoder/decoder layer 0   backbone.layers.0.attn
 first_layer_ffn    FFN of encoder/decoder layer 0         backbone.layers.0.ffn
 backbone           --                                     backbone (VPT)
+backbone_attn      backbone.layers.N.attn (ViT backbone)  --
+backbone_ffn       backbone.layers.N.ffn (ViT backbone)   --
 ================== ====================================== ==================
+
+``backbone_*`` serve DETR-family detectors whose backbone is MMPretrain's
+``VisionTransformer`` (``type='mmpretrain.VisionTransformer'``,
+``out_type='featmap'``): ETTA then also goes into the backbone.
 
 In Deformable DETR the encoder self-attention and decoder cross-attention
 are MMCV ``MultiScaleDeformableAttention``; the rest are MMCV
@@ -53,6 +59,9 @@ _DETR['first_layer_attn'] = (r'(encoder|decoder)\.layers\.0\.'
                              r'(self_attn|cross_attn)')
 _DETR['first_layer_ffn'] = r'(encoder|decoder)\.layers\.0\.ffn'
 _DETR['backbone'] = r'backbone'
+# a ViT backbone (mmpretrain.VisionTransformer) inside a DETR-family model
+_DETR['backbone_attn'] = r'backbone\.layers\.\d+\.attn'
+_DETR['backbone_ffn'] = r'backbone\.layers\.\d+\.ffn'
 
 PRESETS: Dict[str, Dict[str, str]] = {
     'detr': dict(_DETR),
