@@ -91,11 +91,7 @@ class ParallelAdapter(BaseTuner):
         self.dims, self.bottleneck = dims, bottleneck
         self.branch = AdapterBranch(dims, bottleneck, act, layer_norm,
                                     dropout)
-        if learnable_scale:
-            self.scale = nn.Parameter(torch.tensor(float(scale)))
-        else:
-            self.register_buffer('scale', torch.tensor(float(scale)),
-                                 persistent=True)
+        self._init_scale(scale, learnable_scale)
 
     @classmethod
     def from_host(cls, host: nn.Module, **kwargs) -> 'ParallelAdapter':

@@ -13,6 +13,7 @@ computation in one of two ways:
 """
 from typing import Dict, List, Tuple
 
+import torch
 import torch.nn as nn
 
 __all__ = ['BaseTuner', 'TunerHostError', 'count_params']
@@ -91,6 +92,14 @@ class BaseTuner(nn.Module):
 
     def _install(self, host: nn.Module) -> None:
         raise NotImplementedError
+
+    def _init_scale(self, value: float, learnable: bool) -> None:
+        """``self.scale``: a learnable scalar, or a fixed (saved) one."""
+        tensor = torch.tensor(float(value))
+        if learnable:
+            self.scale = nn.Parameter(tensor)
+        else:
+            self.register_buffer('scale', tensor)
 
     # -- reporting --------------------------------------------------------
     def num_train_params(self) -> int:

@@ -96,10 +96,7 @@ class ScaledPrefix(BaseTuner):
             self.reparam = nn.Sequential(
                 nn.Linear(dims, reparam_hidden), nn.Tanh(),
                 nn.Linear(reparam_hidden, 2 * dims))
-        if learnable_scale:
-            self.scale = nn.Parameter(torch.tensor(float(scale)))
-        else:
-            self.register_buffer('scale', torch.tensor(float(scale)))
+        self._init_scale(scale, learnable_scale)
 
     @classmethod
     def resolve_hosts(cls, name, module, **tuner_kwargs):

@@ -10,8 +10,6 @@ parallel adapter: ``2*d*b + b + d`` (+ ``2*d`` LN, + 1 learnable ``s``).
 """
 from typing import Dict
 
-import torch
-import torch.nn as nn
 from mmcv.cnn.bricks.transformer import FFN
 
 from mmpetl.registry import TUNERS
@@ -46,10 +44,7 @@ class SerialAdapter(BaseTuner):
         self.dims, self.bottleneck = dims, bottleneck
         self.branch = AdapterBranch(dims, bottleneck, act, layer_norm,
                                     dropout)
-        if learnable_scale:
-            self.scale = nn.Parameter(torch.tensor(float(scale)))
-        else:
-            self.register_buffer('scale', torch.tensor(float(scale)))
+        self._init_scale(scale, learnable_scale)
 
     @classmethod
     def from_host(cls, host: FFN, **kwargs) -> 'SerialAdapter':

@@ -18,7 +18,6 @@ Parameters: ``2*d*b + b + d`` (+1 for a learnable ``s``).
 """
 from typing import Dict
 
-import torch
 import torch.nn as nn
 from mmcv.cnn.bricks.transformer import FFN
 
@@ -65,10 +64,7 @@ class UTuner(BaseTuner):
                              f"'sequential', got {form!r}")
         self.dims, self.bottleneck, self.form = dims, bottleneck, form
         self.branch = AdapterBranch(dims, bottleneck, act)
-        if learnable_scale:
-            self.scale = nn.Parameter(torch.tensor(float(scale)))
-        else:
-            self.register_buffer('scale', torch.tensor(float(scale)))
+        self._init_scale(scale, learnable_scale)
 
     @classmethod
     def resolve_hosts(cls, name, module, **tuner_kwargs):
