@@ -183,9 +183,10 @@ def install_tuned_forward(host: nn.Module) -> None:
         return
     if isinstance(host, nn.MultiheadAttention):
         if host.bias_k is not None or host.add_zero_attn:
-            raise NotImplementedError(
-                'attention tuners do not support nn.MultiheadAttention with '
-                'add_bias_kv=True or add_zero_attn=True')
+            raise TypeError(
+                'attention tuners (prefix, LoRA) cannot tune an '
+                'nn.MultiheadAttention built with add_bias_kv=True or '
+                'add_zero_attn=True; exclude it from the targets')
         host.forward = functools.partial(torch_mha_forward, host)
     elif isinstance(host, vit_attention_type()):
         host.forward = functools.partial(vit_attention_forward, host)

@@ -11,6 +11,7 @@ computation in one of two ways:
   the host's ``forward`` to a re-implementation that uses the host's own
   frozen weights and consults every tuner attached to it.
 """
+from abc import ABCMeta, abstractmethod
 from typing import Dict, List, Tuple
 
 import torch
@@ -27,7 +28,7 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-class BaseTuner(nn.Module):
+class BaseTuner(nn.Module, metaclass=ABCMeta):
     """Base class of all tuners.
 
     Subclasses set ``attr_name`` (the child name on the host) and
@@ -77,7 +78,8 @@ class BaseTuner(nn.Module):
     @classmethod
     def from_host(cls, host: nn.Module, **kwargs) -> 'BaseTuner':
         """Build a tuner whose shapes fit ``host``."""
-        raise NotImplementedError
+        raise TypeError(f'{cls.__name__} is not built from a host by '
+                        f'itself (another tuner\'s from_host builds it)')
 
     # -- attaching --------------------------------------------------------
     def attach(self, host: nn.Module) -> None:
@@ -90,8 +92,9 @@ class BaseTuner(nn.Module):
         host.add_module(self.attr_name, self)
         self._install(host)
 
+    @abstractmethod
     def _install(self, host: nn.Module) -> None:
-        raise NotImplementedError
+        """Hook into ``host``'s computation (hook or tuned forward)."""
 
     def _init_scale(self, value: float, learnable: bool) -> None:
         """``self.scale``: a learnable scalar, or a fixed (saved) one."""
