@@ -5,6 +5,8 @@ custom_hooks = [
     dict(type='mmpetl.FrozenCheckHook'),  # frozen weights bit-identical
     # `<ckpt>_tuner.pth` beside every checkpoint: trainable tensors + meta
     dict(type='mmpetl.TunerCheckpointHook'),
+    # stop at a NaN/inf loss before that step is checkpointed
+    dict(type='mmpetl.NonFiniteLossHook'),
 ]
 # Import mmpetl when the config is read, before MMDetection's models are:
 # this also lets MMDetection's own tools/train.py run these configs, and

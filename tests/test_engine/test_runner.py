@@ -147,3 +147,30 @@ def test_safe_loading_without_mmpetl_fails_and_with_it_is_narrow(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         torch.load(evil, weights_only=True)
     assert not (tmp_path / 'x').exists()
+
+
+def test_non_finite_loss_stops_before_checkpointing(tmp_path, base_checkpoint):
+    from mmpetl.engine.hooks import NonFiniteLossError
+    runner = runner_for(tmp_path, 4, load_from=str(base_checkpoint))
+    runner.register_hook(dict(type='mmpetl.NonFiniteLossHook'))
+    model = runner.model
+    real_forward = model.forward
+    calls = {'n': 0}
+
+    def forward(inputs, data_samples=None, mode='tensor'):
+        out = real_forward(inputs, data_samples, mode)
+        if mode == 'loss':
+            calls['n'] += 1
+            if calls['n'] == 4:  # diverges on a checkpointing iteration
+                out['loss_cls'] = out['loss_cls'] * float('nan')
+        return out
+
+    model.forward = forward
+    with pytest.raises(NonFiniteLossError,
+                       match=r'iteration 4: .*loss_cls.*iter_2\.pth'):
+        runner.train()
+    assert (tmp_path / 'iter_2.pth').exists()
+    assert not (tmp_path / 'iter_4.pth').exists()
+    state = torch.load(tmp_path / 'iter_2.pth', weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state['state_dict'].values()
+               if v.is_floating_point())

@@ -1,7 +1,8 @@
 from .frozen_check_hook import (FrozenCheckHook, FrozenParamsChanged,
                                 fingerprint_frozen)
+from .non_finite_loss_hook import NonFiniteLossError, NonFiniteLossHook
 from .param_report_hook import ParamReportHook
 from .tuner_checkpoint_hook import LoadTunerHook, TunerCheckpointHook
 
-__all__ = ['ParamReportHook', 'TunerCheckpointHook', 'LoadTunerHook', 'FrozenCheckHook', 'FrozenParamsChanged',
+__all__ = ['ParamReportHook', 'NonFiniteLossHook', 'NonFiniteLossError', 'TunerCheckpointHook', 'LoadTunerHook', 'FrozenCheckHook', 'FrozenParamsChanged',
            'fingerprint_frozen']
