@@ -28,7 +28,7 @@ __all__ = [
     'sha256_file', 'keys_hash', 'atomic_save', 'load_checkpoint_file',
     'tuner_checkpoint', 'save_tuner_checkpoint', 'load_tuner_checkpoint',
     'apply_tuner_checkpoint', 'publish_checkpoint', 'BaseMismatchError',
-    'CheckpointError'
+    'CheckpointError', 'patch_mmengine_atomic_save'
 ]
 
 MARKER = 'mmpetl_tuner_checkpoint'
@@ -239,3 +239,28 @@ def publish_checkpoint(in_path: str, out_stem: str,
     final = f'{out_stem}_{date}-{sha[:8]}.pth'
     os.replace(tmp, final)
     return final
+
+
+def patch_mmengine_atomic_save() -> None:
+    """Make MMEngine's Runner write local checkpoints atomically.
+
+    ``Runner.save_checkpoint`` writes the file in place: a job killed
+    mid-write leaves a truncated ``iter_N.pth`` that ``last_checkpoint``
+    may already name. Local paths now go through :func:`atomic_save`
+    (temporary file + rename); other backends keep MMEngine's writer.
+    Idempotent.
+    """
+    from mmengine.runner import runner as runner_module
+    original = runner_module.save_checkpoint
+    if getattr(original, 'mmpetl_atomic', False):
+        return
+
+    def save_checkpoint(checkpoint, filename, file_client_args=None,
+                        backend_args=None):
+        if '://' in str(filename) or file_client_args or backend_args:
+            return original(checkpoint, filename, file_client_args,
+                            backend_args)
+        atomic_save(checkpoint, str(filename))
+
+    save_checkpoint.mmpetl_atomic = True
+    runner_module.save_checkpoint = save_checkpoint
