@@ -4,7 +4,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmpetl.models import PETLModel, build_inner_model
-from mmpetl.tuners import BaseTuner, DeformablePrefix, ScaledPrefix
+from mmpetl.tuners import DeformablePrefix, ScaledPrefix
 from tests.conftest import SMALL_CFGS, tensor_outputs
 
 ADAPTER = dict(type='ParallelAdapter', presets=['ffn'], bottleneck=16)
@@ -144,7 +144,6 @@ def test_scaled_prefix_on_mha_and_deformable_types():
     _, petl = build_pair('deformable_detr', ETTA)
     types = {type(t) for _, t in petl.tuner_modules()}
     assert ScaledPrefix in types and DeformablePrefix in types
-    assert all(isinstance(t, BaseTuner) for _, t in petl.tuner_modules())
 
 
 def test_first_layer_utuner_is_10x_smaller_than_dual():
