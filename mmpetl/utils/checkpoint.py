@@ -19,6 +19,7 @@ killed job never leaves a half-written checkpoint under the final name.
 import datetime
 import hashlib
 import os
+import re
 import tempfile
 from typing import Dict, Optional
 
@@ -28,7 +29,8 @@ __all__ = [
     'sha256_file', 'keys_hash', 'atomic_save', 'load_checkpoint_file',
     'tuner_checkpoint', 'save_tuner_checkpoint', 'load_tuner_checkpoint',
     'apply_tuner_checkpoint', 'publish_checkpoint', 'BaseMismatchError',
-    'CheckpointError', 'patch_mmengine_atomic_save'
+    'CheckpointError', 'ShapeMismatchError', 'check_shapes',
+    'patch_mmengine_atomic_save'
 ]
 
 MARKER = 'mmpetl_tuner_checkpoint'
@@ -40,6 +42,32 @@ class CheckpointError(RuntimeError):
 
 class BaseMismatchError(CheckpointError):
     pass
+
+
+class ShapeMismatchError(CheckpointError):
+    pass
+
+
+def check_shapes(expected: Dict, given: Dict, what: str, fix: str,
+                 expected_name: str = 'model', given_name: str = 'file',
+                 show: int = 10) -> None:
+    """Raise naming every key whose shape differs (the first ``show``).
+
+    ``expected``/``given`` map keys to tensors (or anything with
+    ``.shape``); keys in only one of them are not checked here.
+    """
+    bad = [(k, tuple(expected[k].shape), tuple(v.shape))
+           for k, v in given.items()
+           if k in expected and tuple(expected[k].shape) != tuple(v.shape)]
+    if not bad:
+        return
+    listed = '\n'.join(f'  {k}: {expected_name} {a} vs {given_name} {b}'
+                        for k, a, b in bad[:show])
+    more = f'\n  ... and {len(bad) - show} more' if len(bad) > show else ''
+    raise ShapeMismatchError(
+        f'{what}: {len(bad)} tensor(s) have other shapes than the '
+        f'{expected_name} (a different architecture or tuner config):\n'
+        f'{listed}{more}\n{fix}')
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
@@ -73,6 +101,20 @@ def atomic_save(obj, path: str) -> None:
             os.remove(tmp)
 
 
+def _torch_reason(err: Exception) -> str:
+    """The informative part of torch.load's error, without its advice
+    (torch's weights-only message suggests ``weights_only=False``)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if lines and lines[0].startswith('Weights only load failed'):
+        keep = [line.split('WeightsUnpickler error:')[-1].strip()
+                for line in lines[1:]
+                if not line.startswith('Check the documentation')]
+        text = ' '.join(k for k in keep if k) or 'weights-only load failed'
+    else:
+        text = lines[0].split('. ')[0] if lines else ''
+    return text[:200]
+
+
 def load_checkpoint_file(path: str) -> Dict:
     """Load a checkpoint with torch's safe loader and a clear error."""
     if not os.path.isfile(path):
@@ -80,9 +122,20 @@ def load_checkpoint_file(path: str) -> Dict:
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # corrupt, truncated, or unsafe content
+        found = re.search(r'GLOBAL ([\w.]+)', str(err))
+        if found:  # the unpickler refused a callable/class before running it
+            raise CheckpointError(
+                f'refused to load {path}: unpickling it would call or '
+                f'create `{found.group(1)}`, which safe loading (torch.load '
+                f'weights_only=True) does not allow. The file carries '
+                f'pickled code or objects of a class that is not '
+                f'allow-listed; mmpetl never unpickles code, and nothing '
+                f'from the file was run. Use a checkpoint that holds only '
+                f'tensors and plain containers (re-save its state_dict where '
+                f'you trust its source).') from err
         raise CheckpointError(
             f'cannot load {path} with safe loading ({type(err).__name__}: '
-            f'{str(err).splitlines()[0][:300]}). The file is truncated, '
+            f'{_torch_reason(err)}). The file is truncated, '
             f'corrupt, not a torch checkpoint, or carries pickled code; '
             f'mmpetl never unpickles code. Re-download or re-save it.'
         ) from err
@@ -205,11 +258,9 @@ def apply_tuner_checkpoint(base_path: str, tuner_path: str,
     state = _state_dict_of(base)
     check_base(tuner, base_path, state, force)
     tuned = tuner['state_dict']
-    for key, value in tuned.items():
-        if key in state and state[key].shape != value.shape:
-            raise CheckpointError(
-                f'shape mismatch for {key}: base {tuple(state[key].shape)} '
-                f'vs tuner {tuple(value.shape)}')
+    check_shapes(state, tuned, f'{tuner_path} does not fit {base_path}',
+                 'Use the base checkpoint the tuners were trained on.',
+                 expected_name='base', given_name='tuner')
     state.update(tuned)
     if merge_lora and tuner['meta'].get('lora_scaling'):
         state = _merge_lora(state, tuner['meta']['lora_scaling'])

@@ -7,7 +7,7 @@ from mmengine.runner.checkpoint import load_state_dict
 
 from mmpetl.registry import HOOKS
 from mmpetl.utils.checkpoint import (_state_dict_of, atomic_save,
-                                     check_base, keys_hash,
+                                     check_base, check_shapes, keys_hash,
                                      load_checkpoint_file,
                                      load_tuner_checkpoint, sha256_file,
                                      tuner_checkpoint)
@@ -123,6 +123,9 @@ class LoadTunerHook(Hook):
                 f'{self.tuner_checkpoint} has {len(unknown)} tensors this '
                 f'model does not have (first: {unknown[:3]}): it was trained '
                 f'with other tuners; use the config it was trained with.')
+        check_shapes(current, tuner['state_dict'], self.tuner_checkpoint,
+                     'It was trained with other tuner sizes or another '
+                     'model: use the config it was trained with.')
         load_state_dict(model, tuner['state_dict'], strict=False,
                         logger=runner.logger)
         runner.logger.info(f'mmpetl: loaded {len(tuner["state_dict"])} tuner '
