@@ -18,6 +18,7 @@ from mmengine.config import DictAction
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import mmpetl  # noqa: E402,F401
 from tool_utils import load_config, setup_cpu_distributed  # noqa: E402
+from mmpetl.utils.config_check import check_config  # noqa: E402
 
 
 def parse_args():
@@ -73,6 +74,7 @@ def build_cfg(args):
 def main():
     args = parse_args()
     cfg = build_cfg(args)
+    check_config(cfg, mode='test')  # paths, num_classes: before any build
     setup_cpu_distributed(cfg, args.launcher)
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
