@@ -1,0 +1,547 @@
+"""Every bad input we know of, what triggers it, and the error it must give.
+
+One list, two users:
+
+* ``tests/test_bad_inputs.py`` runs each case and checks the exception
+  type and message, and that ``docs/bad_inputs.md`` shows that message;
+* ``tools/misc/bad_input_table.py`` runs each case and writes
+  ``docs/bad_inputs.md`` (bad input | what the user sees).
+
+A case's ``trigger(tmp)`` gets an empty temporary folder and must raise.
+Messages are shown with that folder as ``$TMP`` and sha256 prefixes as
+``<sha>`` so the table does not change from run to run.
+"""
+import copy
+import functools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, List, Pattern, Tuple, Type, Union
+
+import torch
+
+from mmpetl.engine.hooks.frozen_check_hook import FrozenParamsChanged
+from mmpetl.engine.hooks.non_finite_loss_hook import NonFiniteLossError
+from mmpetl.utils.checkpoint import (BaseMismatchError, CheckpointError,
+                                     ShapeMismatchError)
+from mmpetl.utils.config_check import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / 'docs' / 'bad_inputs.md'
+DEMO_ET = ROOT / 'configs/demo/et-deformable-detr_mnv2_demo-target.py'
+COCO_DETR = ROOT / 'configs/et_detr_r50_coco.py'
+
+
+@dataclass
+class Case:
+    name: str  # short id (pytest id, table anchor)
+    area: str
+    bad_input: str  # what the user did
+    trigger: Callable[[Path], None]
+    error: Type[BaseException]
+    match: Union[str, Pattern]
+
+
+# --------------------------------------------------------------- tuners
+def _build(tuners, trainable=(), model=None):
+    from mmpetl.models import PETLModel
+    from tests.conftest import small_detr_cfg
+    return PETLModel(model=model or small_detr_cfg(), tuners=tuners,
+                     trainable=list(trainable))
+
+
+def _tuner_case(name, bad_input, tuners, error, match, trainable=()):
+    return Case(name, 'tuner config', bad_input,
+                lambda tmp: _build(tuners, trainable), error, match)
+
+
+def _unknown_model_type(tmp):
+    from tests.conftest import small_detr_cfg
+    cfg = small_detr_cfg()
+    cfg['type'] = 'DETRR'
+    _build([dict(type='ParallelAdapter', presets=['ffn'])], model=cfg)
+
+
+FFN = [dict(type='ParallelAdapter', presets=['ffn'])]
+TUNER_CASES = [
+    _tuner_case('unknown-tuner', 'tuner type with a typo (`ParalelAdapter`)',
+                [dict(type='ParalelAdapter', presets=['ffn'])], KeyError,
+                r'unknown tuner type `ParalelAdapter`.*ParallelAdapter'),
+    _tuner_case('tuner-no-type', 'tuner dict without `type`',
+                [dict(presets=['ffn'])], KeyError, r'has no `type`'),
+    _tuner_case('target-typo', 'target name with a typo (`fnn`)',
+                [dict(type='ParallelAdapter', targets=['fnn'])], ValueError,
+                r'no module matched.*Nearest module names:.*ffn'),
+    _tuner_case('target-regex-nothing',
+                'target regex matching nothing (`encoder.layer.N`, the '
+                'modules are `encoder.layers.N`)',
+                [dict(type='ParallelAdapter',
+                      targets=r'encoder\.layer\.\d+\.ffn')],
+                ValueError, r'no module matched.*encoder\.layers'),
+    _tuner_case('preset-typo', 'unknown preset (`fnn`)',
+                [dict(type='ParallelAdapter', presets=['fnn'])], ValueError,
+                r"unknown preset\(s\) \['fnn'\].*available"),
+    _tuner_case('no-target', 'tuner with neither `targets` nor `presets`',
+                [dict(type='ParallelAdapter')], ValueError,
+                r'say where it goes'),
+    _tuner_case('argument-typo', 'tuner argument with a typo (`bottlenek`)',
+                [dict(type='ParallelAdapter', presets=['ffn'], bottlenek=8)],
+                TypeError, r"unknown argument\(s\) \['bottlenek'\].*"
+                r'bottleneck'),
+    _tuner_case('bottleneck-zero', '`bottleneck=0`',
+                [dict(type='ParallelAdapter', presets=['ffn'],
+                      bottleneck=0)],
+                ValueError, r'`bottleneck` must be a positive int, got 0'),
+    _tuner_case('bottleneck-negative', '`bottleneck=-4`',
+                [dict(type='ParallelAdapter', presets=['ffn'],
+                      bottleneck=-4)],
+                ValueError, r'`bottleneck` must be a positive int'),
+    _tuner_case('bottleneck-float', '`bottleneck=2.5` (not an int)',
+                [dict(type='ParallelAdapter', presets=['ffn'],
+                      bottleneck=2.5)],
+                ValueError, r'`bottleneck` must be a positive int'),
+    _tuner_case('prefix-zero', '`num_prefix=0`',
+                [dict(type='ScaledPrefix', presets=['attn'], num_prefix=0)],
+                ValueError, r'`num_prefix` must be a positive int'),
+    _tuner_case('rank-negative', 'LoRA `rank=-1`',
+                [dict(type='LoRA', presets=['attn'], rank=-1)], ValueError,
+                r'`rank` must be a positive int'),
+    _tuner_case('adapter-on-attention',
+                'an FFN adapter put on attention modules',
+                [dict(type='ParallelAdapter', presets=['attn'])], TypeError,
+                r'ParallelAdapter cannot tune `encoder.layers.0.self_attn`'),
+    _tuner_case('prefix-on-ffn', 'a prefix tuner put on FFN modules',
+                [dict(type='ScaledPrefix', presets=['ffn'])], TypeError,
+                r'ScaledPrefix cannot tune `encoder.layers.0.ffn`.*'
+                r'attention'),
+    _tuner_case('overlapping-targets',
+                'two adapters on the same module',
+                FFN + [dict(type='ParallelAdapter', targets=['0.ffn'])],
+                TypeError, r'already has an attribute `adapter`'),
+    _tuner_case('trainable-typo',
+                'trainable pattern matching nothing (`bbox_haed`)', FFN,
+                ValueError, r"trainable pattern 'bbox_haed'.*bbox_head",
+                trainable=['bbox_haed']),
+    _tuner_case('nothing-trainable', 'no tuners and no trainable parts', [],
+                ValueError, r'no trainable parameter'),
+    Case('unknown-model-type', 'tuner config',
+         'inner detector type with a typo (`DETRR`)', _unknown_model_type,
+         KeyError, r'DETRR'),
+]
+
+
+# ---------------------------------------------------------------- configs
+@functools.lru_cache(maxsize=None)
+def _load_cfg(path):
+    from mmengine.config import Config
+    return Config.fromfile(str(path))
+
+
+def demo_layout(root: Path) -> Path:
+    """What the demo target configs read: annotation files, image folder."""
+    for split in ('train', 'val'):
+        (root / 'target').mkdir(parents=True, exist_ok=True)
+        (root / 'target' / f'{split}.json').write_text('{}')
+    (root / 'images').mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def demo_cfg(tmp: Path, options=None, layout=True):
+    """The ET demo config pointed at ``tmp/petl_demo``; ``options`` as
+    with ``--cfg-options``."""
+    root = tmp / 'petl_demo'
+    if layout:
+        demo_layout(root)
+    cfg = copy.deepcopy(_load_cfg(DEMO_ET))
+    opts = {f'{p}_dataloader.dataset.data_root': f'{root}/'
+            for p in ('train', 'val', 'test')}
+    opts.update({f'{p}_evaluator.ann_file': f'{root}/target/val.json'
+                 for p in ('val', 'test')})
+    opts['load_from'] = None
+    opts.update(options or {})
+    cfg.merge_from_dict(opts)
+    return cfg
+
+
+def _check(cfg, mode='train', **kw):
+    from mmpetl.utils.config_check import check_config
+    check_config(cfg, mode=mode, **kw)
+
+
+def _config_case(name, bad_input, options, match, mode='train',
+                 layout=True):
+    return Case(name, 'config', bad_input,
+                lambda tmp: _check(demo_cfg(tmp, options, layout), mode),
+                ConfigError, match)
+
+
+def _repeat_dataset(tmp):
+    cfg = demo_cfg(tmp)
+    inner = cfg.train_dataloader.dataset.to_dict()
+    inner['ann_file'] = 'target/train_v2.json'
+    cfg.train_dataloader.dataset = dict(type='RepeatDataset', times=3,
+                                        dataset=inner)
+    _check(cfg)
+
+
+def _coco_default_classes(tmp):
+    cfg = copy.deepcopy(_load_cfg(COCO_DETR))
+    cfg.merge_from_dict({'model.model.bbox_head.num_classes': 3})
+    _check(cfg, check_paths=False)
+
+
+CONFIG_CASES = [
+    _config_case('data-not-generated',
+                 'demo config run before generating the demo data '
+                 '(data_root missing)', None,
+                 r'train_dataloader\.dataset\.data_root: folder .*petl_demo '
+                 r'does not exist.*synthetic_coco --out data/petl_demo',
+                 layout=False),
+    _config_case('ann-file-typo', 'annotation file name with a typo',
+                 {'train_dataloader.dataset.ann_file': 'target/trian.json'},
+                 r'train_dataloader\.dataset\.ann_file: annotation file '
+                 r'.*target/trian\.json does not exist'),
+    _config_case('image-folder-missing', 'image folder (`data_prefix.img`) '
+                 'that does not exist',
+                 {'val_dataloader.dataset.data_prefix.img': 'imgs/'},
+                 r'val_dataloader\.dataset\.data_prefix\.img: image folder '
+                 r'.*petl_demo/imgs does not exist'),
+    _config_case('evaluator-ann-missing',
+                 'evaluator (CocoMetric) `ann_file` that does not exist',
+                 {'test_evaluator.ann_file': '/nonexistent/val.json'},
+                 r'test_evaluator\.ann_file: annotation file '
+                 r'/nonexistent/val\.json does not exist', mode='test'),
+    Case('wrapped-dataset', 'config',
+         'RepeatDataset wrapping a dataset whose ann_file is missing',
+         _repeat_dataset, ConfigError,
+         r'train_dataloader\.dataset\.dataset\.ann_file: annotation file '
+         r'.*train_v2\.json does not exist'),
+    _config_case('num-classes-vs-metainfo',
+                 'head `num_classes` (80) differs from the dataset\'s '
+                 '`metainfo.classes` (5)',
+                 {'model.model.bbox_head.num_classes': 80},
+                 r'model\.model\.bbox_head\.num_classes is 80 but '
+                 r'train_dataloader\.dataset has 5 classes.*Fix: set '
+                 r'`model\.model\.bbox_head\.num_classes=5`'),
+    Case('num-classes-vs-default', 'config',
+         'head `num_classes=3` on CocoDataset without `metainfo.classes` '
+         '(its default: 80 COCO classes)', _coco_default_classes,
+         ConfigError,
+         r"num_classes is 3 but train_dataloader\.dataset has 80 classes "
+         r"\(so do val_dataloader\.dataset\), "
+         r"from CocoDataset's default METAINFO\['classes'\]"),
+    _config_case('checkpoint-missing',
+                 '`tools/test.py CONFIG CHECKPOINT` with a checkpoint path '
+                 'that does not exist',
+                 {'load_from': '/nonexistent/iter_200.pth'},
+                 r'load_from: checkpoint /nonexistent/iter_200\.pth does '
+                 r'not exist', mode='test'),
+    _config_case('tuner-file-missing',
+                 '`tools/test.py ... --tuner` with a path that does not '
+                 'exist',
+                 {'custom_hooks': [dict(type='mmpetl.LoadTunerHook',
+                                        tuner_checkpoint='/nonexistent/'
+                                        'iter_200_tuner.pth')]},
+                 r'tuner_checkpoint \(--tuner\): tuner checkpoint '
+                 r'/nonexistent/iter_200_tuner\.pth does not exist',
+                 mode='test'),
+]
+
+
+# ------------------------------------------------------------ checkpoints
+TUNERS = [dict(type='ParallelAdapter', presets=['ffn'], bottleneck=8)]
+
+
+def _base(tmp: Path) -> Path:
+    from mmpetl.models import build_inner_model
+    from tests.conftest import small_detr_cfg
+    torch.manual_seed(0)
+    model = build_inner_model(small_detr_cfg())
+    path = tmp / 'base.pth'
+    torch.save(dict(state_dict=model.state_dict()), path)
+    return path
+
+
+def _tuner(tmp: Path, base: Path, tuners=TUNERS) -> Path:
+    from mmpetl.utils.checkpoint import save_tuner_checkpoint
+    model = _build(tuners, ['bbox_head'])
+    path = tmp / 'iter_200_tuner.pth'
+    save_tuner_checkpoint(model, str(path), str(base))
+    return path
+
+
+def _small_file(tmp: Path) -> Path:
+    path = tmp / 'iter_200.pth'
+    torch.save(dict(state_dict={'w': torch.randn(64, 64)}), path)
+    return path
+
+
+def _truncated(tmp):
+    from mmpetl.utils.checkpoint import load_checkpoint_file
+    path = _small_file(tmp)
+    path.write_bytes(path.read_bytes()[:2000])
+    load_checkpoint_file(str(path))
+
+
+def _not_a_checkpoint(tmp):
+    from mmpetl.utils.checkpoint import load_checkpoint_file
+    path = tmp / 'iter_200.pth'
+    path.write_text('<html>404 Not Found</html>')
+    load_checkpoint_file(str(path))
+
+
+class _Payload:
+    """Unpickling this would create a folder: code run from a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.makedirs, (self.marker, )
+
+
+def _pickled_code(tmp):
+    from mmpetl.utils.checkpoint import load_checkpoint_file
+    marker = tmp / 'payload_ran'
+    path = tmp / 'iter_200.pth'
+    torch.save(dict(state_dict={'w': torch.zeros(2)},
+                    meta=_Payload(marker)), path)
+    try:
+        load_checkpoint_file(str(path))
+    finally:
+        assert not marker.exists(), 'the pickled code ran'
+
+
+def _missing_file(tmp):
+    from mmpetl.utils.checkpoint import load_checkpoint_file
+    load_checkpoint_file(str(tmp / 'iter_2000.pth'))
+
+
+def _full_as_tuner(tmp):
+    from mmpetl.utils.checkpoint import apply_tuner_checkpoint
+    path = _small_file(tmp)
+    apply_tuner_checkpoint(str(path), str(path))
+
+
+def _other_base(tmp, change):
+    from mmpetl.utils.checkpoint import apply_tuner_checkpoint
+    base = _base(tmp)
+    tuner = _tuner(tmp, base)
+    state = torch.load(base)['state_dict']
+    change(state)
+    other = tmp / 'other_base.pth'
+    torch.save(dict(state_dict=state), other)
+    apply_tuner_checkpoint(str(other), str(tuner))
+
+
+def _same_arch_other_weights(state):
+    state['backbone.conv1.weight'] += 1
+
+
+def _other_arch(state):
+    state['backbone.conv1.weight'] = torch.zeros(64, 3, 3, 3)
+
+
+def _load_tuner(tmp, model_tuners):
+    from mmengine.logging import MMLogger
+
+    from mmpetl.engine.hooks.tuner_checkpoint_hook import LoadTunerHook
+    base = _base(tmp)
+    tuner = _tuner(tmp, base)
+    model = _build(model_tuners, ['bbox_head'])
+    runner = SimpleNamespace(_load_from=None, model=model,
+                             logger=MMLogger.get_instance('mmpetl_bad'))
+    LoadTunerHook(str(tuner)).before_test(runner)
+
+
+CHECKPOINT_CASES = [
+    Case('ckpt-truncated', 'checkpoint',
+         'truncated checkpoint (a download or copy cut short)',
+         _truncated, CheckpointError,
+         r'cannot load .*iter_200\.pth with safe loading.*truncated, '
+         r'corrupt'),
+    Case('ckpt-not-torch', 'checkpoint',
+         'a file that is not a checkpoint (an HTML error page)',
+         _not_a_checkpoint, CheckpointError,
+         r'cannot load .*not a torch checkpoint'),
+    Case('ckpt-pickled-code', 'checkpoint',
+         'checkpoint carrying pickled code (`__reduce__` calling '
+         '`os.makedirs`): nothing runs', _pickled_code,
+         CheckpointError,
+         r'refused to load .*iter_200\.pth: unpickling it would call '
+         r'or create `os\.makedirs`.*nothing from the file was run'),
+    Case('ckpt-missing', 'checkpoint', 'checkpoint path that does not '
+         'exist', _missing_file, FileNotFoundError,
+         r'checkpoint not found: .*iter_2000\.pth'),
+    Case('full-as-tuner', 'checkpoint',
+         'a full checkpoint given where a tuner checkpoint is expected',
+         _full_as_tuner, CheckpointError,
+         r'not an mmpetl tuner checkpoint.*`\*_tuner\.pth`'),
+    Case('tuner-other-base', 'checkpoint',
+         'tuner checkpoint applied to another base (same architecture, '
+         'other weights)',
+         lambda tmp: _other_base(tmp, _same_arch_other_weights),
+         BaseMismatchError,
+         r'trained on base `base\.pth`.*same architecture.*'
+         r'--force-base'),
+    Case('tuner-other-arch', 'checkpoint',
+         'tuner checkpoint applied to a base of another architecture',
+         lambda tmp: _other_base(tmp, _other_arch), BaseMismatchError,
+         r'trained on base `base\.pth`.*different architecture'),
+    Case('tuner-other-sizes', 'checkpoint',
+         'tuner checkpoint (bottleneck 8) loaded into a model built with '
+         'bottleneck 16 (`tools/test.py --tuner`)',
+         lambda tmp: _load_tuner(tmp, [dict(
+             type='ParallelAdapter', presets=['ffn'], bottleneck=16)]),
+         ShapeMismatchError,
+         r'iter_200_tuner\.pth: 12 tensor\(s\) have other shapes.*'
+         r'encoder\.layers\.0\.ffn\.adapter\.branch\.down\.weight: '
+         r'model \(16, 256\) vs file \(8, 256\).*and 2 more.*use the '
+         r'config it was trained with'),
+    Case('tuner-other-tuners', 'checkpoint',
+         'tuner checkpoint loaded into a model with other tuners',
+         lambda tmp: _load_tuner(tmp, [dict(type='LoRA',
+                                            presets=['attn'], rank=2)]),
+         KeyError, r'tensors this model does not have.*trained with '
+         r'other tuners'),
+]
+
+
+# --------------------------------------------------------------- training
+def _non_finite_loss(tmp):
+    from mmpetl.engine.hooks import NonFiniteLossHook
+    runner = SimpleNamespace(
+        iter=41, message_hub=SimpleNamespace(
+            get_info=lambda key: 'work_dirs/et/iter_40.pth'))
+    outputs = dict(loss_cls=torch.tensor(float('nan')),
+                   loss_bbox=torch.tensor(0.25),
+                   loss=torch.tensor(float('nan')))
+    NonFiniteLossHook().after_train_iter(runner, 0, None, outputs)
+
+
+def _frozen_moved(tmp):
+    from mmpetl.engine.hooks import FrozenCheckHook
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    runner = SimpleNamespace(model=model,
+                             logger=SimpleNamespace(info=lambda msg: None))
+    hook = FrozenCheckHook()
+    hook.before_train(runner)
+    with torch.no_grad():  # e.g. weight decay applied to a frozen tensor
+        model[0].weight.mul_(0.999)
+    hook.after_train(runner)
+
+
+def _frozen_unfrozen(tmp):
+    from mmpetl.engine.hooks import FrozenCheckHook
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    runner = SimpleNamespace(model=model,
+                             logger=SimpleNamespace(info=lambda msg: None))
+    hook = FrozenCheckHook()
+    hook.before_train(runner)
+    model[0].bias.requires_grad_(True)  # un-frozen by hand mid-run
+    hook.after_train(runner)
+
+
+TRAINING_CASES = [
+    Case('non-finite-loss', 'training',
+         'a NaN loss (lr too high, bad data) at iteration 42',
+         _non_finite_loss, NonFiniteLossError,
+         r"non-finite loss at iteration 42: \{'loss_cls': nan, 'loss': "
+         r"nan\}.*last checkpoint is work_dirs/et/iter_40\.pth"),
+    Case('frozen-moved', 'training',
+         'a frozen weight changed during training (weight decay on a '
+         'frozen tensor)', _frozen_moved, FrozenParamsChanged,
+         r"1 frozen parameters changed during training \(first: "
+         r"\['0\.weight'\]\).*`trainable`"),
+    Case('frozen-unfrozen', 'training',
+         'a frozen parameter un-frozen by hand (`requires_grad_(True)`)',
+         _frozen_unfrozen, FrozenParamsChanged,
+         r"1 were un-frozen \(first: \['0\.bias'\]\)"),
+]
+
+
+def all_cases() -> List[Case]:
+    return TUNER_CASES + CONFIG_CASES + CHECKPOINT_CASES + TRAINING_CASES
+
+
+# --------------------------------------------------------------- the table
+def run_case(case: Case, tmp: Path) -> BaseException:
+    """Run ``case.trigger``; return what it raised (AssertionError if it
+    did not raise)."""
+    try:
+        case.trigger(tmp)
+    except BaseException as err:  # noqa: B902  (we report any outcome)
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        return err
+    return AssertionError(f'{case.name}: nothing was raised')
+
+
+def message(err: BaseException) -> str:
+    if isinstance(err, KeyError) and len(err.args) == 1 and \
+            isinstance(err.args[0], str):
+        return err.args[0]  # str(KeyError) adds quotes
+    return str(err)
+
+
+def normalise(text: str, tmp: Path) -> str:
+    for path in sorted({str(tmp), os.path.realpath(tmp)}, key=len,
+                       reverse=True):
+        text = text.replace(path, '$TMP')
+    text = text.replace(str(ROOT), '$REPO')
+    return re.sub(r'\b[0-9a-f]{12}\.\.\.', '<sha>...', text)
+
+
+def check(case: Case, err: BaseException, tmp: Path) -> Tuple[bool, str]:
+    """Whether ``err`` is what the case expects, and why not."""
+    if not isinstance(err, case.error):
+        return False, (f'{case.name}: expected {case.error.__name__}, got '
+                       f'{type(err).__name__}: {message(err)[:500]}')
+    if not re.search(case.match, message(err), re.S):
+        return False, (f'{case.name}: message does not match '
+                       f'{case.match!r}: {message(err)[:800]}')
+    return True, ''
+
+
+MAX_CHARS = 600
+
+
+def _cell(text: str) -> str:
+    text = text.replace('&', '&amp;').replace('<', '&lt;').replace(
+        '>', '&gt;').replace('|', '\\|')
+    return '<br>'.join(line.rstrip() for line in text.splitlines())
+
+
+def row(case: Case, err: BaseException, tmp: Path) -> str:
+    text = normalise(message(err), tmp)
+    if len(text) > MAX_CHARS:
+        text = text[:MAX_CHARS].rstrip() + ' [...]'
+    return (f'| `{case.name}` | {case.area} | {_cell(case.bad_input)} | '
+            f'`{type(err).__name__}` | {_cell(text)} |')
+
+
+HEADER = """# Bad inputs and what the user sees
+
+Generated by `python tools/misc/bad_input_table.py` from the cases in
+`tests/bad_inputs.py`; `tests/test_bad_inputs.py` runs every case, checks
+the exception and its message, and that this table shows that message.
+Temporary paths are shown as `$TMP`, hash prefixes as `<sha>`; long
+messages are cut at {max_chars} characters.
+
+Config mistakes are found by `mmpetl.utils.config_check.check_config`,
+which `tools/train.py` and `tools/test.py` run before building anything;
+tuner mistakes when the `PETLModel` is built; checkpoint problems when a
+file is loaded; the training ones by `NonFiniteLossHook` and
+`FrozenCheckHook` (in `configs/_base_/petl_runtime.py`).
+
+| case | area | bad input | exception | what the user sees |
+|---|---|---|---|---|
+"""
+
+
+def table(rows: List[str]) -> str:
+    return HEADER.format(max_chars=MAX_CHARS) + '\n'.join(rows) + '\n'
