@@ -25,7 +25,7 @@ it cannot see. All problems are reported together in one
 """
 import importlib
 import os.path as osp
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 __all__ = ['ConfigError', 'check_config', 'check_num_classes',
            'check_data_paths', 'DEMO_HINT']

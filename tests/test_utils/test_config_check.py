@@ -1,6 +1,7 @@
 """check_config: data paths, annotation files, checkpoints and num_classes,
 checked before anything is built; valid configs pass."""
 import copy
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from mmpetl.utils.config_check import ConfigError, check_config
 from tests.bad_inputs import demo_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
+DEMO_ET = 'configs/demo/et-deformable-detr_mnv2_demo-target.py'
 # every top-level, demo and architecture-base config (the method configs
 # only change `tuners` on these bases)
 CONFIGS = sorted(
@@ -46,7 +48,6 @@ def test_repo_demo_data_passes_when_generated():
         pytest.skip('demo data not generated here')
     cfg = Config.fromfile(
         str(ROOT / 'configs/demo/deformable-detr_mnv2_demo-source.py'))
-    import os
     cwd = os.getcwd()
     os.chdir(ROOT)  # the config's paths are relative to the repo
     try:
@@ -185,7 +186,7 @@ def _tool(args, tmp_path):
 def test_train_tool_stops_before_building(tmp_path):
     missing = tmp_path / 'petl_demo'
     proc, _ = _tool([
-        'tools/train.py', 'configs/demo/et-deformable-detr_mnv2_demo-target.py',
+        'tools/train.py', DEMO_ET,
         '--work-dir', tmp_path / 'work', '--cfg-options',
         f'train_dataloader.dataset.data_root={missing}/',
         'model.model.bbox_head.num_classes=6'], tmp_path)
@@ -204,7 +205,7 @@ def test_train_tool_stops_before_building(tmp_path):
 
 def test_test_tool_names_a_missing_checkpoint(tmp_path):
     proc, _ = _tool([
-        'tools/test.py', 'configs/demo/et-deformable-detr_mnv2_demo-target.py',
+        'tools/test.py', DEMO_ET,
         tmp_path / 'iter_200.pth', '--tuner', tmp_path / 'iter_200_tuner.pth',
         '--work-dir', tmp_path / 'work'], tmp_path)
     assert proc.returncode != 0
