@@ -1,0 +1,318 @@
+"""Measure one config: parameters, checkpoint sizes, memory and time.
+
+Runs in a process of its own (``tools/analysis/benchmark.py`` starts one per
+config), so that peak memory belongs to that config alone. The model is
+built from the config with random weights (speed and memory do not depend
+on their values) and trained on a synthetic batch of the requested size
+through the real path: the config's optimizer-wrapper constructor (only
+trainable parameters get optimizer state), ``model.train_step`` (data
+preprocessor, loss, backward, step; autocast when AMP is on).
+
+Memory (both count weights + gradients + optimizer state + activations):
+  * CUDA: ``torch.cuda.max_memory_allocated`` over the training steps (the
+    peak is reset after the model and optimizer are built).
+  * CPU: PyTorch has no allocator statistics there, so the CPU analogue is
+    computed from the profiler: the bytes of the tensors alive before a
+    step (parameters, buffers, gradients, optimizer state) plus the peak of
+    the running sum of every op's own allocations minus frees during one
+    profiled step. The process's peak resident set above its post-import
+    baseline (``VmHWM``) is recorded too; it also holds allocator caches
+    and oneDNN workspaces, so it is not the number ratios are taken on.
+"""
+import io
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ['measure_config', 'synthetic_batch', 'rss_mib', 'reset_peak_rss',
+           'peak_rss_mib', 'cpu_tensor_peak_mib', 'deploy', 'median_time']
+
+
+# -- memory --------------------------------------------------------------
+def _status_kib(field: str) -> Optional[int]:
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_mib() -> float:
+    """Current resident set size (Linux; NaN elsewhere)."""
+    kib = _status_kib('VmRSS')
+    return float('nan') if kib is None else kib / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0)."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    kib = _status_kib('VmHWM')
+    return float('nan') if kib is None else kib / 1024
+
+
+# -- inputs --------------------------------------------------------------
+def synthetic_batch(task: str, batch: int, size: Tuple[int, int],
+                    num_classes: int, boxes_per_image: int = 6,
+                    seed: int = 0) -> Dict:
+    """A batch in the format the data preprocessor takes (uint8 images).
+
+    ``size`` is (height, width); detection samples carry random boxes.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    height, width = size
+    inputs, samples = [], []
+    for _ in range(batch):
+        inputs.append(torch.randint(0, 256, (3, height, width),
+                                    generator=gen, dtype=torch.uint8))
+        if task == 'detection':
+            from mmdet.structures import DetDataSample
+            from mmengine.structures import InstanceData
+            sample = DetDataSample()
+            sample.set_metainfo(dict(img_shape=(height, width),
+                                     ori_shape=(height, width),
+                                     scale_factor=(1.0, 1.0)))
+            xy = torch.rand(boxes_per_image, 2, generator=gen) * 0.7
+            wh = 0.05 + torch.rand(boxes_per_image, 2, generator=gen) * 0.25
+            boxes = torch.cat([xy, (xy + wh).clamp(max=1.0)], dim=1)
+            boxes *= torch.tensor([width, height, width, height])
+            sample.gt_instances = InstanceData(
+                bboxes=boxes,
+                labels=torch.randint(0, num_classes, (boxes_per_image, ),
+                                     generator=gen))
+        else:
+            from mmpretrain.structures import DataSample
+            sample = DataSample().set_gt_label(
+                int(torch.randint(0, num_classes, (1, ), generator=gen)))
+            sample.set_metainfo(dict(img_shape=(height, width)))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def _tensor_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or t.device.type != 'cpu':
+            continue
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
+    return total
+
+
+def cpu_tensor_peak_mib(model: nn.Module, optimizer, fn: Callable[[], None]
+                        ) -> float:
+    """Peak MiB of live CPU tensors during one call of ``fn`` (a train step).
+
+    What is alive before it (parameters, buffers, gradients, optimizer
+    state) plus the peak of the running sum of the profiler's allocation
+    and free records, in time order. Tensors allocated before the profile
+    and freed inside it are not seen freeing (the profiler does not know
+    their size): gradients are therefore expected to be ``None`` between
+    steps, as MMEngine's ``OptimWrapper.update_params`` leaves them.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    state = [v for s in optimizer.state.values() for v in s.values()]
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    before = _tensor_bytes(list(model.parameters()) + list(model.buffers()) +
+                           grads + state)
+    with profile(activities=[ProfilerActivity.CPU],
+                 profile_memory=True) as prof:
+        fn()
+    records = sorted((e.start_ns(), e.nbytes())
+                     for e in prof.profiler.kineto_results.events()
+                     if e.name() == '[memory]')
+    current = peak = 0
+    for _, nbytes in records:
+        current += nbytes
+        peak = max(peak, current)
+    return (before + peak) / 2**20
+
+
+# -- timing --------------------------------------------------------------
+def median_time(fn: Callable[[], None], warmup: int, iters: int,
+                sync: Callable[[], None]) -> Tuple[float, List[float]]:
+    """Median wall time of ``fn`` in ms after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(1000.0 * (time.perf_counter() - start))
+    return statistics.median(times), times
+
+
+def _gpu_busy_ms(fn: Callable[[], None], steps: int) -> float:
+    """Mean time per step the GPU spent in kernels (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    total_us = 0.0
+    for evt in prof.events():
+        if getattr(evt, 'device_type', None) == torch.autograd.DeviceType.CUDA:
+            total_us += evt.device_time_total  # a kernel or memcpy
+    return total_us / 1000.0 / steps
+
+
+# -- model facts -----------------------------------------------------------
+def _serialized_mib(obj) -> float:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getbuffer().nbytes / 2**20
+
+
+def deploy(model: nn.Module) -> Dict:
+    """Merge what can be merged for deployment (LoRA into the weights,
+    prefix re-parametrisations folded) and count the parameters the
+    deployed model still needs."""
+    from mmpetl.tuners import LoRAFusedAttention, LoRALinear, ScaledPrefix
+    merged, folded = 0, 0
+    dropped = set()
+    for module in model.modules():
+        if isinstance(module, (LoRALinear, LoRAFusedAttention)):
+            module.merge()
+            merged += 1
+            dropped |= {id(p) for p in module.parameters()}
+        elif isinstance(module, ScaledPrefix):
+            if module.reparam_hidden is not None:
+                module.fold_reparam()
+                folded += 1
+    params = sum(p.numel() for p in model.parameters()
+                 if id(p) not in dropped)
+    return dict(deploy_params=params, lora_merged=merged,
+                prefix_folded=folded)
+
+
+def _task_of(model: nn.Module) -> str:
+    inner = getattr(model, 'inner', model)
+    return 'classification' if hasattr(inner, 'head') and not hasattr(
+        inner, 'bbox_head') else 'detection'
+
+
+def _num_classes(model: nn.Module) -> int:
+    inner = getattr(model, 'inner', model)
+    head = getattr(inner, 'bbox_head', None) or getattr(inner, 'head')
+    return int(head.num_classes)
+
+
+def build_model_and_optim(cfg, device: torch.device, amp: Optional[str]):
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    model = MODELS.build(cfg.model)
+    if getattr(model, 'tuner_cfgs', None) is None:
+        model.init_weights()  # a vanilla model (full fine-tuning configs)
+    model.to(device)
+    optim_cfg = cfg.optim_wrapper.copy()
+    if amp:
+        optim_cfg['type'] = 'AmpOptimWrapper'
+        optim_cfg['dtype'] = amp
+        if amp == 'float16':
+            optim_cfg['loss_scale'] = 'dynamic'
+    return model, build_optim_wrapper(model, optim_cfg)
+
+
+def measure_config(cfg, device: str = 'cpu', batch: int = 1,
+                   size: Tuple[int, int] = (320, 320), amp: Optional[str] = None,
+                   warmup: int = 2, iters: int = 5, infer_iters: int = 5,
+                   profile_steps: int = 3) -> Dict:
+    """Every number of one benchmark row (see the module docstring)."""
+    from mmpetl.utils.checkpoint import tuner_checkpoint
+    dev = torch.device(device)
+    cuda = dev.type == 'cuda'
+    if amp and not cuda:
+        raise RuntimeError(
+            f'--amp {amp} needs a CUDA device: MMEngine\'s AmpOptimWrapper '
+            f'runs on GPUs only. Drop --amp for CPU runs.')
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    rss_libs = rss_mib()
+
+    model, optim = build_model_and_optim(cfg, dev, amp)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    is_petl = getattr(model, 'tuner_cfgs', None) is not None
+    full_mib = _serialized_mib({'state_dict': model.state_dict()})
+    stored_mib = _serialized_mib(tuner_checkpoint(model)) if is_petl and \
+        trainable < total else full_mib
+
+    task = _task_of(model)
+    data = synthetic_batch(task, batch, size, _num_classes(model))
+    backbone_grad = []
+    backbone = getattr(model, 'backbone', None)
+    if backbone is not None:
+        def record(module, args, output):
+            outs = output if isinstance(output, (tuple, list)) else [output]
+            backbone_grad.append(any(
+                isinstance(t, torch.Tensor) and t.requires_grad for t in outs))
+        handle = backbone.register_forward_hook(record)
+
+    model.train()
+    losses = []
+
+    def step():
+        log_vars = model.train_step(data, optim)
+        losses.append(float(log_vars['loss']))
+
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    reset_peak_rss()
+    rss_model = rss_mib()
+    step_ms, step_times = median_time(step, warmup, iters, sync)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20
+        peak_rss = None
+    else:
+        peak_rss = peak_rss_mib() - rss_libs
+        peak = cpu_tensor_peak_mib(model, optim.optimizer, step)
+    gpu_busy = _gpu_busy_ms(step, profile_steps) if cuda else None
+    if backbone is not None:
+        handle.remove()
+
+    model.eval()
+
+    def infer():
+        with torch.no_grad():
+            model.test_step(data)
+
+    infer_ms, _ = median_time(infer, 1, infer_iters, sync)
+    deployed = deploy(model)
+    infer_deployed_ms = None
+    if deployed['lora_merged'] or deployed['prefix_folded']:
+        infer_deployed_ms, _ = median_time(infer, 1, infer_iters, sync)
+    return dict(
+        task=task, device=str(dev), batch=batch, size=list(size),
+        amp=amp or 'fp32',
+        total_params=total, trainable_params=trainable,
+        trainable_pct=100.0 * trainable / total,
+        is_petl=is_petl and trainable < total,
+        checkpoint_mib=stored_mib, full_checkpoint_mib=full_mib,
+        peak_mem_mib=peak, peak_rss_mib=peak_rss,
+        model_rss_mib=None if cuda else rss_model - rss_libs,
+        step_ms=step_ms, step_times_ms=step_times, gpu_busy_ms=gpu_busy,
+        infer_ms=infer_ms, infer_deployed_ms=infer_deployed_ms,
+        backbone_autograd=(any(backbone_grad) if backbone_grad else None),
+        losses_finite=all(map(lambda v: v == v and abs(v) != float('inf'),
+                              losses)),
+        threads=torch.get_num_threads(), **deployed)

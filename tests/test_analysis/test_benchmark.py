@@ -1,0 +1,203 @@
+"""The speed/memory benchmark: its measurements, ratios, targets, outputs.
+
+Timings are never asserted (they live in the benchmark's results); what is
+tested is that each number measures what it says.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mmpetl.analysis import check_targets, deploy, with_ratios
+from mmpetl.analysis.measure import cpu_tensor_peak_mib, synthetic_batch
+from mmpetl.analysis.report import markdown_report
+from tests.conftest import small_deformable_cfg
+
+ROOT = Path(__file__).resolve().parents[2]
+MIB = 2**20
+
+
+def _mlp(width):
+    return nn.Sequential(nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, width))
+
+
+def _step_peak(model, x, optim='sgd'):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-3) if optim == 'sgd' else \
+        torch.optim.Adam(params, lr=1e-3, foreach=False)
+
+    def step():  # the order of MMEngine's OptimWrapper.update_params
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # optimizer state exists from here on, as after a warm-up
+    return cpu_tensor_peak_mib(model, opt, step)
+
+
+def test_cpu_tensor_peak_counts_weights_grads_state_and_activations():
+    torch.manual_seed(0)
+    width, batch = 1024, 256
+    weight = width * width * 4 / MIB  # one Linear's weight, MiB
+    act = batch * width * 4 / MIB
+    x = torch.randn(batch, width)
+    full = _step_peak(_mlp(width), x)
+    # 2 weights + 2 gradients, plus the batch's activations and their
+    # gradients (about 9 of them here)
+    assert 4 * weight <= full <= 4 * weight + 10 * act + 1
+    frozen = _mlp(width)
+    frozen[0].requires_grad_(False)
+    # the first layer gets no gradient: 2 weights + 1 gradient + fewer
+    # activations (their gradients before the second layer are skipped)
+    part = _step_peak(frozen, x)
+    assert 3 * weight <= part <= 3 * weight + 10 * act + 1
+    assert part < full - 2 * act
+    # Adam keeps 2 moments per weight, and its step makes two
+    # weight-sized temporaries (sqrt, div) for one weight at a time
+    adam = _step_peak(_mlp(width), x, optim='adam')
+    assert adam - full == pytest.approx(6 * weight, abs=2 * act + 0.5)
+
+
+def test_synthetic_batch_goes_through_the_data_preprocessor():
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    model = MODELS.build(small_deformable_cfg())
+    data = synthetic_batch('detection', 2, (64, 96), num_classes=3)
+    out = model.data_preprocessor(data, training=True)
+    assert out['inputs'].shape[:2] == (2, 3)
+    assert out['inputs'].shape[-2:] == (64, 96)
+    boxes = out['data_samples'][0].gt_instances.bboxes
+    assert boxes.shape == (6, 4)
+    assert (boxes[:, 2:] > boxes[:, :2]).all()
+    assert (boxes[:, [0, 2]] <= 96).all() and (boxes[:, [1, 3]] <= 64).all()
+
+
+def test_deploy_merges_lora_and_counts_base_params_only():
+    from mmpetl.models import PETLModel
+    model = PETLModel(model=small_deformable_cfg(),
+                      tuners=[dict(type='LoRA', presets=['ffn'], rank=4)],
+                      trainable=['bbox_head'])
+    base = sum(p.numel() for n, p in model.named_parameters()
+               if '.lora' not in n)
+    tuners = len(model.tuner_modules())
+    model.eval()
+    for _, tuner in model.tuner_modules():  # trained (non-zero) updates
+        torch.nn.init.normal_(tuner.lora_B, std=0.1)
+    x = torch.randn(2, 5, 256)
+    ffn = model.encoder.layers[0].ffn
+    before = ffn(x)
+    info = deploy(model)
+    assert tuners == 8  # (2 encoder + 2 decoder FFNs) x 2 Linears
+    assert info['lora_merged'] == tuners
+    assert info['deploy_params'] == base
+    torch.testing.assert_close(ffn(x), before)
+
+
+def _row(method, arch='a', **kw):
+    row = dict(arch=arch, method=method, trainable_pct=5.0, is_petl=True,
+               checkpoint_mib=1.0, peak_mem_mib=100.0, step_ms=100.0,
+               infer_ms=10.0, infer_deployed_ms=None, amp='fp32',
+               trainable_params=10, deploy_params=100,
+               backbone_autograd=False, device='cpu')
+    row.update(kw)
+    return row
+
+
+def test_ratios_are_to_full_ft_of_the_same_arch_and_targets_follow():
+    rows = with_ratios([
+        _row('full-ft', is_petl=False, trainable_pct=100.0,
+             checkpoint_mib=50.0, peak_mem_mib=1000.0, step_ms=200.0,
+             backbone_autograd=True),
+        _row('etta', arch='deformable', peak_mem_mib=600.0, step_ms=150.0,
+             infer_ms=12.0),
+        _row('full-ft', arch='deformable', is_petl=False,
+             trainable_pct=100.0, checkpoint_mib=50.0, peak_mem_mib=1000.0,
+             step_ms=200.0, infer_ms=10.0),
+        _row('lora', peak_mem_mib=300.0, infer_ms=12.0,
+             infer_deployed_ms=10.1),
+        _row('unipt', peak_mem_mib=150.0),
+        _row('prefix', error='Traceback...\nRuntimeError: boom'),
+    ])
+    by = {(r['arch'], r['method']): r for r in rows}
+    assert by['deformable', 'etta']['mem_ratio'] == pytest.approx(0.6)
+    assert by['deformable', 'etta']['step_ratio'] == pytest.approx(0.75)
+    assert by['a', 'lora']['ckpt_shrink'] == pytest.approx(50.0)
+    assert 'mem_ratio' not in by['a', 'prefix']
+    checks = {(c['method'], c['target']): c['passed']
+              for c in check_targets(rows)}
+    assert checks['etta', 'ET-Deformable-DETR peak memory <= 0.5x full FT'] \
+        is False
+    assert checks['etta', 'ET-Deformable-DETR step time <= 0.85x full FT']
+    assert checks['etta', 'frozen backbone runs without autograd']
+    assert checks['etta', 'inference latency <= 1.10x base'] is False
+    assert checks['lora', 'inference after merging LoRA <= 1.02x base']
+    assert checks['unipt', 'UniPT peak memory <= 0.2x full FT']
+    text = markdown_report(rows, check_targets(rows), dict(
+        device_kind='CPU', date='d', machine='m', software='s',
+        command='c', setting='x'))
+    assert '| etta | 10 | 5.00% |' in text
+    assert '0.60×' in text and '**FAIL**' in text
+    assert 'failed: RuntimeError: boom' in text
+
+
+TINY = """
+_base_ = []
+default_scope = 'mmdet'
+model = {model}
+optim_wrapper = dict({optim}, optimizer=dict(type='AdamW', lr=1e-4))
+"""
+
+
+def test_benchmark_tool_end_to_end(tmp_path):
+    """Two tiny configs through the real tool: one subprocess each, JSON,
+    Markdown and PNG written, the full-ft row is its own reference."""
+    inner = small_deformable_cfg(test_cfg=dict(max_per_img=10))
+    (tmp_path / 'full-ft_tiny.py').write_text(TINY.format(
+        model=repr(inner), optim="type='OptimWrapper'"))
+    petl = dict(type='mmpetl.PETLModel', model=inner, trainable=['bbox_head'],
+                tuners=[dict(type='ParallelAdapter', presets=['ffn'],
+                             bottleneck=8),
+                        dict(type='ScaledPrefix', presets=['attn'],
+                             num_prefix=4)])
+    (tmp_path / 'etta_tiny.py').write_text(TINY.format(
+        model=repr(petl),
+        optim="constructor='mmpetl.PETLOptimWrapperConstructor'"))
+    out = tmp_path / 'out'
+    proc = subprocess.run(
+        [sys.executable, 'tools/analysis/benchmark.py', '--configs',
+         str(tmp_path / 'full-ft_tiny.py'), str(tmp_path / 'etta_tiny.py'),
+         '--device', 'cpu', '--input-size', '64', '64', '--batch', '2',
+         '--warmup', '1', '--iters', '1', '--infer-iters', '1',
+         '--out-dir', str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads((out / 'speed_memory.json').read_text())
+    rows = {r['method']: r for r in result['rows']}
+    assert set(rows) == {'full-ft', 'etta'}
+    full, et = rows['full-ft'], rows['etta']
+    assert full['mem_ratio'] == 1.0 and full['step_ratio'] == 1.0
+    assert not full['is_petl'] and et['is_petl']
+    assert et['trainable_params'] < full['trainable_params']
+    assert et['checkpoint_mib'] * 5 < full['checkpoint_mib']
+    assert et['backbone_autograd'] is False  # frozen: no autograd graph
+    assert full['backbone_autograd'] is True
+    assert et['peak_mem_mib'] < full['peak_mem_mib']
+    assert et['losses_finite'] and full['losses_finite']
+    assert result['header']['command'].startswith(
+        'python tools/analysis/benchmark.py --configs')
+    md = (out / 'speed_memory.md').read_text()
+    assert '## tiny' in md and 'cores' in md
+    assert (out / 'speed_memory.png').stat().st_size > 10_000
+
+
+def test_amp_on_cpu_is_refused_with_the_reason():
+    proc = subprocess.run(
+        [sys.executable, 'tools/analysis/benchmark.py', '--device', 'cpu',
+         '--amp', 'bfloat16'], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0
+    assert '--amp needs --device cuda' in proc.stderr

@@ -1,0 +1,311 @@
+"""Speed, memory and parameter benchmark of PETL methods, side by side.
+
+    python tools/analysis/benchmark.py                    # CPU: small inputs
+    python tools/analysis/benchmark.py --device cuda      # batch 2, 800x1333
+    python tools/analysis/benchmark.py --device cuda --amp bfloat16
+    python tools/analysis/benchmark.py --archs deformable-detr_r50_coco \\
+        --methods full-ft etta unipt
+    python tools/analysis/benchmark.py --configs my_config.py ...
+
+Every (architecture, method) pair is ``configs/methods/{method}_{arch}.py``
+and runs in a process of its own (peak memory is per process). For each it
+measures: trainable parameters (count, %), deploy-time parameters (LoRA
+merged, prefix MLPs folded), the size of what must be stored per task
+(tuner checkpoint, or the whole model for full fine-tuning), peak training
+memory (CUDA ``max_memory_allocated``; on CPU peak RSS above the
+post-import baseline), the median train step after warm-up (synchronised
+on GPU, plus the profiler's GPU-busy time), and inference latency (before
+and after merging). Ratios are to full fine-tuning of the same
+architecture in the same run.
+
+Writes ``speed_memory.json``, ``speed_memory.md`` and ``speed_memory.png``
+to ``--out-dir`` (default ``benchmarks/results/<cpu|gpu name>/``) with the
+date, machine and command, and checks the targets of the benchmark issue
+(``--strict``: exit 1 when one fails). ``--readme`` also copies the table
+into README.md between the ``bench-<cpu|cuda>`` markers.
+"""
+import argparse
+import datetime
+import json
+import os
+import os.path as osp
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+ARCHS = ['detr_r50_coco', 'deformable-detr_r50_coco', 'vit-b16_cifar100']
+METHODS = ['full-ft', 'heads-only', 'bitfit', 'lora', 'serial-adapter',
+           'prefix', 'etta', 'utuning', 'unipt']
+# (detection batch, detection HxW, classification batch, size)
+DEFAULTS = dict(cpu=(1, (256, 256), 2, 224), cuda=(2, (800, 1333), 32, 224))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--archs', nargs='+', default=ARCHS)
+    p.add_argument('--methods', nargs='+', default=METHODS,
+                   help='method names of configs/methods/{method}_{arch}.py '
+                   '(full-ft is always added: ratios need it)')
+    p.add_argument('--configs', nargs='+',
+                   help='explicit config files instead of --archs/--methods '
+                   '(named {method}_{arch}.py for grouping; include a '
+                   'full-ft one for ratios)')
+    p.add_argument('--device', choices=['cpu', 'cuda'],
+                   help='default: cuda when available')
+    p.add_argument('--batch', type=int, help='detection images per step '
+                   '(default: 1 on CPU, 2 on GPU)')
+    p.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
+                   help='detection input size (default: 256 256 on CPU, '
+                   '800 1333 on GPU)')
+    p.add_argument('--cls-batch', type=int,
+                   help='classification batch (default 2 CPU / 32 GPU)')
+    p.add_argument('--cls-size', type=int, help='classification input size '
+                   '(default 224)')
+    p.add_argument('--amp', choices=['float16', 'bfloat16'],
+                   help='mixed precision (GPU only)')
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--iters', type=int, default=3,
+                   help='timed train steps (median reported)')
+    p.add_argument('--infer-iters', type=int, default=3)
+    p.add_argument('--threads', type=int, help='CPU threads per process')
+    p.add_argument('--timeout', type=int, default=1200,
+                   help='seconds per config before it is reported failed')
+    p.add_argument('--out-dir', help='default benchmarks/results/<device>/')
+    p.add_argument('--name', default='speed_memory',
+                   help='file stem of the outputs')
+    p.add_argument('--strict', action='store_true',
+                   help='exit 1 when a target fails')
+    p.add_argument('--readme', action='store_true',
+                   help='write the table into README.md between markers')
+    p.add_argument('--worker', help=argparse.SUPPRESS)
+    p.add_argument('--json', help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def settings(args):
+    device = args.device or ('cuda' if _cuda_available() else 'cpu')
+    batch, size, cls_batch, cls_size = DEFAULTS[device]
+    return dict(device=device, batch=args.batch or batch,
+                size=tuple(args.input_size or size),
+                cls_batch=args.cls_batch or cls_batch,
+                cls_size=args.cls_size or cls_size, amp=args.amp)
+
+
+def _cuda_available():
+    import torch
+    return torch.cuda.is_available()
+
+
+# -- worker: one config in this process -----------------------------------
+def run_worker(args):
+    import mmpetl  # noqa: F401  (before mmdet: compat guards)
+    from mmengine.config import Config
+
+    from mmpetl.analysis.measure import measure_config
+    import mmdet.models  # noqa: F401  (import cost outside the baseline)
+    import mmpretrain.models  # noqa: F401
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s = settings(args)
+    cfg = Config.fromfile(args.worker)
+    classification = 'mmpretrain' in str(cfg.get('default_scope', '')) or \
+        'ImageClassifier' in str(cfg.model.get('type', '')) or \
+        'ImageClassifier' in str(cfg.model.get('model', {}).get('type', ''))
+    torch.manual_seed(0)
+    row = measure_config(
+        cfg, device=s['device'],
+        batch=s['cls_batch'] if classification else s['batch'],
+        size=(s['cls_size'], ) * 2 if classification else s['size'],
+        amp=s['amp'], warmup=args.warmup, iters=args.iters,
+        infer_iters=args.infer_iters)
+    with open(args.json, 'w') as f:
+        json.dump(row, f)
+
+
+# -- driver ----------------------------------------------------------------
+def config_list(args):
+    if args.configs:
+        out = []
+        for path in args.configs:
+            stem = osp.splitext(osp.basename(path))[0]
+            method, _, arch = stem.partition('_')
+            out.append((arch or 'custom', method, path))
+        return out
+    methods = ['full-ft'] + [m for m in args.methods if m != 'full-ft']
+    out = []
+    for arch in args.archs:
+        for method in methods:
+            path = osp.join(ROOT, 'configs', 'methods', f'{method}_{arch}.py')
+            if not osp.exists(path):
+                raise SystemExit(
+                    f'no config {osp.relpath(path, ROOT)} for method '
+                    f'{method!r} on {arch!r}: see configs/methods/ for the '
+                    f'available pairs')
+            out.append((arch, method, path))
+    return out
+
+
+def worker_argv(args, path, json_path):
+    argv = [sys.executable, osp.abspath(__file__), '--worker', path,
+            '--json', json_path, '--warmup', str(args.warmup), '--iters',
+            str(args.iters), '--infer-iters', str(args.infer_iters)]
+    s = settings(args)
+    argv += ['--device', s['device'], '--batch', str(s['batch']),
+             '--input-size', *map(str, s['size']), '--cls-batch',
+             str(s['cls_batch']), '--cls-size', str(s['cls_size'])]
+    if args.amp:
+        argv += ['--amp', args.amp]
+    if args.threads:
+        argv += ['--threads', str(args.threads)]
+    return argv
+
+
+def run_one(args, arch, method, path):
+    with tempfile.TemporaryDirectory() as tmp:
+        json_path = osp.join(tmp, 'row.json')
+        start = time.time()
+        try:
+            proc = subprocess.run(worker_argv(args, path, json_path),
+                                  capture_output=True, text=True,
+                                  timeout=args.timeout, cwd=ROOT)
+            failed = proc.returncode != 0 or not osp.exists(json_path)
+            error = (proc.stderr or proc.stdout)[-2000:] if failed else None
+        except subprocess.TimeoutExpired:
+            failed, error = True, f'timed out after {args.timeout} s'
+        row = dict(arch=arch, method=method,
+                   config=osp.relpath(path, ROOT),
+                   wall_s=round(time.time() - start, 1))
+        if failed:
+            row['error'] = error or 'no result written'
+        else:
+            with open(json_path) as f:
+                row.update(json.load(f))
+    return row
+
+
+def machine_description(device):
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            names = re.findall(r'model name\s*:\s*(.*)', f.read())
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    text = f'{cpu}, {os.cpu_count()} cores'
+    try:
+        pages = os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+        text += f', {pages / 2**30:.0f} GiB RAM'
+    except (ValueError, OSError):
+        pass
+    if device == 'cuda':
+        props = torch.cuda.get_device_properties(0)
+        text = (f'{props.name} ({props.total_memory / 2**30:.0f} GiB); '
+                f'host: {text}')
+    return text
+
+
+def software():
+    import mmcv
+    import mmdet
+    import mmengine
+    import torch
+    return (f'Python {platform.python_version()}, torch {torch.__version__}, '
+            f'mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, '
+            f'mmengine {mmengine.__version__}')
+
+
+def write_readme(markdown, device):
+    readme = osp.join(ROOT, 'README.md')
+    start, end = f'<!-- bench-{device}:start -->', f'<!-- bench-{device}:end -->'
+    text = open(readme).read()
+    if start not in text or end not in text:
+        raise SystemExit(f'README.md has no {start} ... {end} markers')
+    body = markdown.split('\n', 2)[2]  # drop the page title
+    body = body.replace('](speed_memory', f'](benchmarks/results/'
+                        f'{device}/speed_memory')
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(readme, 'w') as f:
+        f.write(head + start + '\n' + body.strip() + '\n' + end + tail)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return run_worker(args)
+    import mmpetl  # noqa: F401
+    from mmpetl.analysis.report import (check_targets, markdown_report,
+                                        plot_chart, with_ratios)
+    s = settings(args)
+    if s['amp'] and s['device'] != 'cuda':
+        raise SystemExit('--amp needs --device cuda (MMEngine\'s '
+                         'AmpOptimWrapper runs on GPUs only)')
+    out_dir = args.out_dir or osp.join(ROOT, 'benchmarks', 'results',
+                                       s['device'] if s['device'] == 'cpu'
+                                       else 'gpu')
+    os.makedirs(out_dir, exist_ok=True)
+    configs = config_list(args)
+    rows = []
+    for arch, method, path in configs:
+        print(f'[benchmark] {arch} / {method} ...', flush=True)
+        row = run_one(args, arch, method, path)
+        if row.get('error'):
+            print(f'[benchmark]   FAILED: {row["error"].splitlines()[-1]}',
+                  flush=True)
+        else:
+            print(f"[benchmark]   {row['trainable_pct']:.2f}% trainable, "
+                  f"peak {row['peak_mem_mib']:.0f} MiB, step "
+                  f"{row['step_ms']:.0f} ms, infer {row['infer_ms']:.0f} ms "
+                  f"({row['wall_s']} s)", flush=True)
+        rows.append(row)
+    rows = with_ratios(rows)
+    checks = check_targets(rows)
+    size = 'x'.join(map(str, s['size']))
+    header = dict(
+        device_kind='GPU' if s['device'] == 'cuda' else 'CPU',
+        date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
+        machine=machine_description(s['device']), software=software(),
+        command='python tools/analysis/benchmark.py ' + ' '.join(
+            shlex.quote(a) for a in (argv if argv is not None else
+                                     sys.argv[1:])),
+        setting=(f"{s['device']}, {s['amp'] or 'fp32'}, detection batch "
+                 f"{s['batch']} at {size}, classification batch "
+                 f"{s['cls_batch']} at {s['cls_size']}, {args.warmup} "
+                 f"warm-up + {args.iters} timed steps, random weights and "
+                 f"synthetic data (speed and memory do not depend on them)"))
+    chart = plot_chart(rows, osp.join(out_dir, f'{args.name}.png'),
+                       title=f"{header['device_kind']}: {s['device']}, "
+                       f"{s['amp'] or 'fp32'}, {header['date']}")
+    markdown = markdown_report(rows, checks, header,
+                               chart=osp.basename(chart) if chart else None)
+    with open(osp.join(out_dir, f'{args.name}.md'), 'w') as f:
+        f.write(markdown)
+    with open(osp.join(out_dir, f'{args.name}.json'), 'w') as f:
+        json.dump(dict(header=header, rows=rows, targets=checks), f,
+                  indent=1)
+    if args.readme:
+        write_readme(markdown, s['device'])
+    print(markdown)
+    failed = [r for r in rows if r.get('error')]
+    if failed:
+        print(f'[benchmark] {len(failed)} config(s) failed: ' + ', '.join(
+            f"{r['method']}_{r['arch']}" for r in failed), file=sys.stderr)
+        return 1
+    if args.strict and not all(c['passed'] for c in checks):
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
