@@ -236,6 +236,18 @@ def _merge_lora(state: Dict[str, torch.Tensor],
     return state
 
 
+def _under_patterns(key: str, patterns) -> bool:
+    """Whether ``key`` is a parameter of a module (or is a parameter)
+    that PETLModel's ``trainable`` patterns name."""
+    from mmpetl.injection import name_matches
+    from mmpetl.models.petl_model import _is_regex
+    parts = key.split('.')
+    prefixes = ['.'.join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(
+        name_matches(prefix, pattern if _is_regex(pattern) else [pattern])
+        for pattern in patterns for prefix in prefixes)
+
+
 def apply_tuner_checkpoint(base_path: str, tuner_path: str,
                            out_path: Optional[str] = None,
                            merge_lora: bool = False,
@@ -258,7 +270,12 @@ def apply_tuner_checkpoint(base_path: str, tuner_path: str,
     state = _state_dict_of(base)
     check_base(tuner, base_path, state, force)
     tuned = tuner['state_dict']
-    check_shapes(state, tuned, f'{tuner_path} does not fit {base_path}',
+    # parts trained beside the tuners (the heads) replace the base's even
+    # when their shapes differ: a new dataset has its own classes
+    patterns = tuner['meta'].get('trainable', [])
+    check_shapes(state, {k: v for k, v in tuned.items()
+                         if not _under_patterns(k, patterns)},
+                 f'{tuner_path} does not fit {base_path}',
                  'Use the base checkpoint the tuners were trained on.',
                  expected_name='base', given_name='tuner')
     state.update(tuned)

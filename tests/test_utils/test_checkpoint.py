@@ -143,3 +143,36 @@ def test_publish_model_name_and_hash(tmp_path, base):
     published = load_checkpoint_file(files[0])
     assert 'optimizer' not in published and 'message_hub' not in published
     assert published['meta']['dataset_meta']['classes'] == ('a', 'b', 'c')
+
+
+def test_apply_to_a_base_with_other_classes_keeps_the_new_head(tmp_path,
+                                                                base):
+    """The usual transfer: a 3-class base, tuners + a new 5-class head.
+    The head replaces the base's (other shape); everything else must fit."""
+    model = PETLModel(model=small_detr_cfg(num_classes=5), tuners=TUNERS,
+                      trainable=['bbox_head'])
+    state = torch.load(base)['state_dict']
+    model.load_state_dict({k: v for k, v in state.items()
+                           if not k.startswith('bbox_head.fc_cls')},
+                          strict=False)
+    model = model.eval()
+    tuner = tmp_path / 't.pth'
+    save_tuner_checkpoint(model, str(tuner), str(base))
+    applied = apply_tuner_checkpoint(str(base), str(tuner))['state_dict']
+    assert applied['bbox_head.fc_cls.weight'].shape[0] == 5 + 1  # + bg
+    assert state['bbox_head.fc_cls.weight'].shape[0] == 3 + 1
+    fresh = PETLModel(model=small_detr_cfg(num_classes=5), tuners=TUNERS,
+                      trainable=['bbox_head'])
+    fresh.load_state_dict(applied, strict=True)
+    fresh.eval()
+    for a, b in zip(tensor_outputs(model, 'detr'),
+                    tensor_outputs(fresh, 'detr')):
+        assert torch.equal(a, b)
+    # a tuner tensor that does not fit the base is still refused
+    ckpt = torch.load(tuner, weights_only=True)
+    ckpt['state_dict']['bbox_head.fc_cls.weight'] = torch.zeros(6, 8)
+    ckpt['meta']['trainable'] = []
+    torch.save(ckpt, tuner)
+    with pytest.raises(CheckpointError, match=r'bbox_head\.fc_cls\.weight: '
+                       r'base \(4, 256\) vs tuner \(6, 8\)'):
+        apply_tuner_checkpoint(str(base), str(tuner))
