@@ -60,7 +60,8 @@ def runner_for(work_dir, max_iters, load_from=None, resume=False):
                             by_epoch=False),
             logger=dict(type='LoggerHook', interval=1)),
         custom_hooks=[dict(type='mmpetl.ParamReportHook'),
-                      dict(type='mmpetl.FrozenCheckHook')],
+                      dict(type='mmpetl.FrozenCheckHook'),
+                      dict(type='mmpetl.TunerCheckpointHook')],
         load_from=load_from,
         resume=resume,
         default_scope='mmdet',
@@ -114,6 +115,13 @@ def test_train_load_from_and_resume(tmp_path, base_checkpoint):
     resumed.train()
     assert resumed.iter == 6
     assert 'resumed' in read_log(tmp_path).lower()
+    # the resumed run (load_from None) still ties its tuners to the base
+    metas = [torch.load(tmp_path / f'iter_{i}_tuner.pth',
+                        weights_only=True)['meta'] for i in (4, 6)]
+    assert metas[1]['iter'] == 6
+    for key in ('base_checkpoint', 'base_sha256', 'base_keys_hash'):
+        assert metas[0][key] == metas[1][key], key
+    assert metas[1]['base_checkpoint'] == 'vanilla.pth'
 
 
 def test_safe_loading_without_mmpetl_fails_and_with_it_is_narrow(tmp_path):

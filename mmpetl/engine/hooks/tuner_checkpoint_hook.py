@@ -14,6 +14,8 @@ from mmpetl.utils.checkpoint import (_state_dict_of, atomic_save,
 
 __all__ = ['TunerCheckpointHook', 'LoadTunerHook']
 
+BASE_META_KEY = 'mmpetl_base_meta'
+
 
 def _unwrap(model):
     return model.module if is_model_wrapper(model) else model
@@ -40,9 +42,22 @@ class TunerCheckpointHook(Hook):
                 'mmpetl.PETLModel (full fine-tuning saves full checkpoints)')
             self._base_meta = False
             return
-        base = runner._load_from
+        self._last = runner.message_hub.get_info('last_ckpt')
         meta = dict(base_checkpoint=None, base_sha256=None,
                     base_keys_hash=None)
+        if getattr(runner, '_resume', False):
+            # load_from is now None (auto resume) or the checkpoint resumed
+            # from, not the base: the base recorded when the run started
+            # comes back with the message hub
+            resumed = runner.message_hub.get_info(BASE_META_KEY)
+            if resumed is None:
+                runner.logger.warning(
+                    'mmpetl: the resumed checkpoint does not name the base '
+                    'checkpoint: tuner checkpoints will not be tied to a '
+                    'base file')
+            self._base_meta = dict(meta, **(resumed or {}))
+            return
+        base = runner._load_from
         if base and osp.isfile(base):
             meta = dict(base_checkpoint=osp.basename(base),
                         base_sha256=sha256_file(base),
@@ -53,7 +68,8 @@ class TunerCheckpointHook(Hook):
                 'mmpetl: no base checkpoint (load_from) for this run: tuner '
                 'checkpoints will not be tied to a base file')
         self._base_meta = meta
-        self._last = runner.message_hub.get_info('last_ckpt')
+        # saved with every checkpoint, restored on resume
+        runner.message_hub.update_info(BASE_META_KEY, meta)
 
     def _save_if_new(self, runner, done_iters: int, done_epochs: int) -> None:
         if self._base_meta is False:
