@@ -1,11 +1,15 @@
 """The detection path end to end, through the real tools, on demo data.
 
 train (base, source) -> publish -> train ET (target) -> tuner checkpoint ->
-apply -> test, with a tiny schedule; a mismatched base is refused; and a
-2-process gloo run of tools/dist_train.sh keeps the ranks' tuners equal.
+apply -> test, with a tiny schedule; a mismatched base is refused; a
+2-process gloo run of tools/dist_train.sh keeps the ranks' tuners equal;
+a run killed with SIGKILL and resumed ends bit-identical to an
+uninterrupted one.
 """
+import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,10 +65,18 @@ def setup(tmp_path_factory):
                         tmp / 'base/iter_2.pth', tmp / 'base/demo-base.pth']))
     base = next((tmp / 'base').glob('demo-base_*.pth'))
     assert base.name in published
-    log = ok(run([PY, 'tools/train.py', ET, '--work-dir', tmp / 'et',
-                  '--cfg-options', f'load_from={base}'] +
-                 data_options(data, 'target')))
+    log = ok(run([PY, 'tools/train.py', ET, '--work-dir', tmp / 'et'] +
+                 et_options(data, base)))
     return dict(tmp=tmp, data=data, base=base, train_log=log)
+
+
+def et_options(data, base):
+    """The ET run of `setup`: 4 iterations, checkpoints (all kept) after 2
+    and 4; also the uninterrupted run the resume test compares with."""
+    return ['--cfg-options', f'load_from={base}'] + data_options(
+        data, 'target', iters=4) + [
+            'default_hooks.checkpoint.interval=2',
+            'default_hooks.checkpoint.max_keep_ckpts=-1']
 
 
 def test_training_logs_metric_report_and_tuner_checkpoint(setup):
@@ -147,3 +159,109 @@ def test_two_process_gloo_training_keeps_ranks_in_sync(setup, tmp_path):
         if key in start and not torch.equal(ranks[0][key], start[key]):
             moved += 1
     assert moved > 0  # the heads trained, identically on both ranks
+
+KILL_CONFIG = """
+_base_ = '{et}'
+custom_imports = dict(imports=['mmpetl', 'tests.kill_hook'],
+                      allow_failed_imports=False)
+custom_hooks = _base_.custom_hooks + [
+    dict(type='mmpetl.SigkillHook', kill_at=3)]
+"""
+
+
+def _train_scalars(work_dir):
+    """[{step: logged train scalars}] of every run in work_dir (from
+    <timestamp>/vis_data/scalars.json), oldest run first."""
+    runs = []
+    for path in sorted(Path(work_dir).glob('*/vis_data/scalars.json')):
+        records = map(json.loads, path.read_text().splitlines())
+        runs.append({rec['step']: rec for rec in records if 'loss' in rec})
+    return runs
+
+
+def _training_values(rec):
+    # losses (means over the log window: pre-kill history counts), lr;
+    # not the wall times and ETA
+    return {k: v for k, v in rec.items()
+            if k.startswith('loss') or k in ('lr', 'base_lr', 'grad_norm')}
+
+
+def test_sigkill_then_resume_ends_bit_identical(setup, tmp_path):
+    """The ET run of `setup`, SIGKILLed after iteration 3 of 4 (the last
+    checkpoint is iteration 2) and resumed with `--resume`, ends exactly
+    (torch.equal) where the uninterrupted run ended: weights, tuner
+    checkpoint, optimizer, schedulers, message hub; the logs of the two
+    parts cover every iteration with the same values.
+
+    RandomFlip stays on: no RNG state is checkpointed, but the resumed run
+    is seeded the same and MMEngine's loop skips the consumed batches by
+    running the loader (num_workers=0: the pipeline draws the same flips).
+    """
+    data, base, ref = setup['data'], setup['base'], setup['tmp'] / 'et'
+    cfg, work = tmp_path / 'killed.py', tmp_path / 'work'
+    cfg.write_text(KILL_CONFIG.format(et=ET))
+    # threads as in `setup` (results may depend on how reductions are
+    # split between threads)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # the reference's options; without its final validation, which runs
+    # after the compared checkpoint is written (and takes time)
+    opts = [o for o in et_options(data, base)
+            if not o.startswith(('val_', 'test_'))] + [
+                'val_dataloader=None', 'val_cfg=None', 'val_evaluator=None']
+    proc = run([PY, 'tools/train.py', cfg, '--work-dir', work] + opts,
+               env=env)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert (work / 'iter_2.pth').exists()
+    assert not (work / 'iter_4.pth').exists()
+    # the same command (without the kill) plus --resume
+    resumed = ok(run([PY, 'tools/train.py', ET, '--work-dir', work,
+                      '--resume'] + opts))
+    assert f'resumed from the latest checkpoint {work}/iter_2.pth' in resumed
+
+    # tuners (and heads): the tuner checkpoints, bit for bit
+    a = torch.load(ref / 'iter_4_tuner.pth', weights_only=True)
+    b = torch.load(work / 'iter_4_tuner.pth', weights_only=True)
+    assert a['state_dict'].keys() == b['state_dict'].keys()
+    for key, value in a['state_dict'].items():
+        assert torch.equal(value, b['state_dict'][key]), key
+    # the resumed run's tuners still name the base they belong to
+    for key in ('base_checkpoint', 'base_sha256', 'base_keys_hash', 'iter'):
+        assert a['meta'][key] == b['meta'][key], key
+    assert b['meta']['base_checkpoint'] == base.name
+
+    # full checkpoints: weights, optimizer, schedulers, message hub
+    a = torch.load(ref / 'iter_4.pth', weights_only=True)
+    b = torch.load(work / 'iter_4.pth', weights_only=True)
+    assert a['state_dict'].keys() == b['state_dict'].keys()
+    for key, value in a['state_dict'].items():
+        assert torch.equal(value, b['state_dict'][key]), key
+    opt_a, opt_b = a['optimizer'], b['optimizer']
+    assert opt_a['param_groups'] == opt_b['param_groups']
+    assert opt_a['state'].keys() == opt_b['state'].keys() != set()
+    for idx, state in opt_a['state'].items():
+        for name, value in state.items():
+            assert torch.equal(value, opt_b['state'][idx][name]), (idx, name)
+    assert a['param_schedulers'] == b['param_schedulers']
+    for key in ('iter', 'epoch', 'seed'):
+        assert a['meta'][key] == b['meta'][key], key
+    hub_a, hub_b = a['message_hub'], b['message_hub']
+    assert hub_a['runtime_info']['iter'] == hub_b['runtime_info']['iter']
+    logged = [k for k in hub_a['log_scalars'] if 'loss' in k or 'lr' in k]
+    assert 'train/loss' in logged and 'train/lr' in logged
+    for key in logged:  # the whole history, pre-kill iterations included
+        for attr in ('_log_history', '_count_history'):
+            assert (getattr(hub_a['log_scalars'][key], attr).tolist() ==
+                    getattr(hub_b['log_scalars'][key], attr).tolist()), key
+
+    # logs: the killed run's files are kept, and the two parts together
+    # log iterations 1..4 with the uninterrupted run's values
+    (ref_run, ), runs = _train_scalars(ref), _train_scalars(work)
+    assert sorted(ref_run) == [1, 2, 3, 4] and len(runs) == 2
+    assert sorted(runs[0]) == [1, 2, 3]  # iteration 3 ran before the kill
+    assert sorted(runs[1]) == [3, 4]  # and again after the resume
+    for part in runs:
+        for step, rec in part.items():
+            assert _training_values(rec) == _training_values(ref_run[step])
+            assert 'loss_cls' in _training_values(rec)
+    logs = sorted(work.glob('*/*.log'))
+    assert len(logs) == 2 and 'Iter(train) [3/4]' in logs[0].read_text()
