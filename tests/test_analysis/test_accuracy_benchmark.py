@@ -1,0 +1,95 @@
+"""The accuracy benchmark: its summary statistics, and one tiny real run."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / 'tools' / 'analysis'))
+sys.path.insert(0, str(ROOT / 'tools' / 'demo'))
+import accuracy_benchmark as bench  # noqa: E402
+
+
+def _run(method, seed, m):
+    return dict(method=method, seed=seed, bbox_mAP=m, bbox_AP50=2 * m,
+                trainable_pct=5.0, trainable=10, stored='tuner',
+                checkpoint_mib=1.0, minutes=2.0)
+
+
+def test_summary_reports_seeds_mean_spread_and_delta_to_full_ft():
+    rows = bench.summarize([
+        _run('full-ft', 0, 0.30), _run('etta', 0, 0.28),
+        _run('full-ft', 1, 0.26), _run('etta', 1, 0.30)])
+    by = {r['method']: r for r in rows}
+    assert by['etta']['seeds'] == [0, 1]
+    assert by['etta']['mean'] == pytest.approx(0.29)
+    assert by['etta']['std'] == pytest.approx(0.0141421, abs=1e-6)
+    assert (by['etta']['min'], by['etta']['max']) == (0.28, 0.30)
+    assert by['etta']['delta_vs_full'] == pytest.approx(0.01)
+    text = bench.markdown(rows, dict(date='d', machine='m', command='c',
+                                     base='b', setting='s', seeds='0 1'))
+    assert '| etta | 10 | 5.00% | tuner 1.00 MiB | 0.290 | 0.014 | ' \
+        '0.280–0.300 | +1.0 pt |' in text
+
+
+def test_every_method_builds_on_the_demo_model():
+    """Each entry of METHODS is a valid PETL config on the demo detector
+    (a typo would only show after an hour of benchmark otherwise)."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope('mmdet')
+    for method, (config, overrides) in bench.METHODS.items():
+        cfg = Config.fromfile(ROOT / 'configs' / 'demo' / config)
+        if overrides:
+            cfg.merge_from_dict({f'model.{k}': v
+                                 for k, v in overrides.items()})
+        model = MODELS.build(cfg.model)
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters()
+                        if p.requires_grad)
+        if method == 'full-ft':
+            assert trainable > 0.5 * total
+        else:
+            assert 0 < trainable < 0.1 * total, method
+
+
+def test_accuracy_benchmark_end_to_end(tmp_path):
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    from mmpetl.demo.synthetic_coco import make_transfer_dataset
+    data = tmp_path / 'data'
+    make_transfer_dataset(str(data), source_sizes=(8, 4),
+                          target_sizes=(8, 4), verbose=False)
+    # a published base, as `make demo` leaves it (untrained is enough here)
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(ROOT / 'configs/demo/'
+                          'deformable-detr_mnv2_demo-source.py')
+    base = MODELS.build(cfg.model)
+    (tmp_path / 'demo' / 'base').mkdir(parents=True)
+    torch.save(dict(state_dict=base.state_dict(), meta={}),
+               tmp_path / 'demo/base/deformable-detr_mnv2_demo-source_'
+               '20260101-00000000.pth')
+    out = tmp_path / 'out'
+    args = [sys.executable, 'tools/analysis/accuracy_benchmark.py',
+            '--methods', 'heads-only', 'lora', '--seeds', '0', '--iters', '1',
+            '--data-root', f'{data}/', '--demo-work-dir',
+            str(tmp_path / 'demo'), '--work-dir', str(tmp_path / 'work'),
+            '--out-dir', str(out), '--reuse']
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads((out / 'accuracy_transfer.json').read_text())
+    rows = {r['method']: r for r in result['rows']}
+    assert set(rows) == {'heads-only', 'lora'}
+    assert rows['lora']['trainable'] > rows['heads-only']['trainable']
+    assert rows['lora']['stored'] == 'tuner'
+    assert all(r['seeds'] == [0] for r in rows.values())
+    assert result['runs'][0]['iters'] == 1
+    assert '| lora |' in (out / 'accuracy_transfer.md').read_text()
+    # finished runs are reused, not trained again
+    again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count('reusing the finished run') == 2
