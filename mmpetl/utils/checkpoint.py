@@ -15,9 +15,13 @@ declared trainable parts such as the heads) plus ``meta``::
 One shared base checkpoint plus a small tuner checkpoint per task rebuild
 the full model. Files are written to a temporary name and renamed, so a
 killed job never leaves a half-written checkpoint under the final name.
+
+A path ending in ``.safetensors`` stores the same content as safetensors
+(tensors + ``meta`` as JSON in the file's metadata): no pickle at all.
 """
 import datetime
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -30,7 +34,7 @@ __all__ = [
     'tuner_checkpoint', 'save_tuner_checkpoint', 'load_tuner_checkpoint',
     'apply_tuner_checkpoint', 'publish_checkpoint', 'BaseMismatchError',
     'CheckpointError', 'ShapeMismatchError', 'check_shapes',
-    'patch_mmengine_atomic_save'
+    'patch_mmengine_atomic_save', 'write_tuner_checkpoint'
 ]
 
 MARKER = 'mmpetl_tuner_checkpoint'
@@ -181,15 +185,71 @@ def tuner_checkpoint(model, base_path: Optional[str] = None,
     return {'state_dict': state, 'meta': meta}
 
 
+SAFETENSORS_META = 'mmpetl_meta'
+
+
+def _is_safetensors(path: str) -> bool:
+    return str(path).endswith('.safetensors')
+
+
+def write_tuner_checkpoint(ckpt: Dict, path: str) -> None:
+    """Write a tuner checkpoint dict atomically: torch format, or
+    safetensors when ``path`` ends in ``.safetensors``."""
+    if not _is_safetensors(path):
+        atomic_save(ckpt, path)
+        return
+    from safetensors.torch import save_file
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.safetensors',
+                               dir=folder)
+    os.close(fd)
+    try:  # safetensors refuses shared or strided storage: own copies
+        save_file({k: v.detach().cpu().contiguous().clone()
+                   for k, v in ckpt['state_dict'].items()}, tmp,
+                  metadata={SAFETENSORS_META: json.dumps(ckpt['meta'])})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_safetensors(path: str) -> Dict:
+    from safetensors import safe_open
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        with safe_open(path, framework='pt', device='cpu') as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:
+        raise CheckpointError(
+            f'cannot read {path} as safetensors ({type(err).__name__}: '
+            f'{str(err)[:200]}): the file is truncated or corrupt. Re-copy '
+            f'it, or use the `.pth` tuner checkpoint of the same run.'
+        ) from err
+    try:
+        meta = json.loads(metadata[SAFETENSORS_META])
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(
+            f'{path} is a safetensors file without mmpetl meta '
+            f'(`{SAFETENSORS_META}` in its metadata): not an mmpetl tuner '
+            f'checkpoint. Write it with save_tuner_checkpoint(model, '
+            f'\'x.safetensors\').') from err
+    return {'state_dict': state, 'meta': meta}
+
+
 def save_tuner_checkpoint(model, path: str, base_path: Optional[str] = None,
                           extra_meta: Optional[Dict] = None) -> Dict:
     ckpt = tuner_checkpoint(model, base_path, extra_meta)
-    atomic_save(ckpt, path)
+    write_tuner_checkpoint(ckpt, path)
     return ckpt
 
 
 def load_tuner_checkpoint(path: str) -> Dict:
-    ckpt = load_checkpoint_file(path)
+    """A tuner checkpoint, ``.pth`` (safe loading) or ``.safetensors``."""
+    ckpt = _load_safetensors(path) if _is_safetensors(path) else \
+        load_checkpoint_file(path)
     if not ckpt.get('meta', {}).get(MARKER):
         raise CheckpointError(
             f'{path} is not an mmpetl tuner checkpoint (no meta.{MARKER}); '

@@ -182,3 +182,22 @@ def test_non_finite_loss_stops_before_checkpointing(tmp_path, base_checkpoint):
     state = torch.load(tmp_path / 'iter_2.pth', weights_only=True)
     assert all(torch.isfinite(v).all() for v in state['state_dict'].values()
                if v.is_floating_point())
+
+
+def test_tuner_checkpoints_as_safetensors(tmp_path, base_checkpoint):
+    from mmpetl.utils.checkpoint import load_tuner_checkpoint, sha256_file
+    runner = runner_for(tmp_path, 2, load_from=str(base_checkpoint))
+    runner.register_hook(dict(type='mmpetl.TunerCheckpointHook',
+                              file_format='safetensors'))
+    runner.train()
+    path = tmp_path / 'iter_2_tuner.safetensors'
+    assert path.read_bytes()[8:9] == b'{'  # a safetensors JSON header
+    ckpt = load_tuner_checkpoint(str(path))
+    assert ckpt['meta']['base_sha256'] == sha256_file(base_checkpoint)
+    assert ckpt['meta']['iter'] == 2
+    model = runner.model
+    for key, value in ckpt['state_dict'].items():
+        assert torch.equal(model.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="'pth' or 'safetensors'"):
+        from mmpetl.engine.hooks import TunerCheckpointHook
+        TunerCheckpointHook(file_format='pt')

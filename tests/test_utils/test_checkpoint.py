@@ -1,5 +1,6 @@
 """Tuner checkpoints: write, apply to a base, verify, merge LoRA, publish."""
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -176,3 +177,37 @@ def test_apply_to_a_base_with_other_classes_keeps_the_new_head(tmp_path,
     with pytest.raises(CheckpointError, match=r'bbox_head\.fc_cls\.weight: '
                        r'base \(4, 256\) vs tuner \(6, 8\)'):
         apply_tuner_checkpoint(str(base), str(tuner))
+
+
+def test_safetensors_tuner_checkpoint_round_trip(tmp_path, base):
+    """`.safetensors` holds the same tensors and meta as `.pth` (no pickle
+    at all); apply gives the same full checkpoint; a cut file or one
+    without mmpetl meta is refused with a clear error."""
+    from safetensors.torch import save_file
+    model = trained_petl(base)
+    pth, st = tmp_path / 't.pth', tmp_path / 't.safetensors'
+    save_tuner_checkpoint(model, str(pth), str(base))
+    save_tuner_checkpoint(model, str(st), str(base))
+    a, b = load_tuner_checkpoint(str(pth)), load_tuner_checkpoint(str(st))
+    assert a['state_dict'].keys() == b['state_dict'].keys()
+    assert all(torch.equal(a['state_dict'][k], b['state_dict'][k])
+               for k in a['state_dict'])
+    meta_a = {k: v for k, v in a['meta'].items() if k != 'time'}
+    meta_b = {k: v for k, v in b['meta'].items() if k != 'time'}
+    assert json.loads(json.dumps(meta_a)) == meta_b
+    full_a = apply_tuner_checkpoint(str(base), str(pth))['state_dict']
+    full_b = apply_tuner_checkpoint(str(base), str(st),
+                                    merge_lora=True)['state_dict']
+    merged = apply_tuner_checkpoint(str(base), str(pth),
+                                    merge_lora=True)['state_dict']
+    assert full_a.keys() != full_b.keys() and merged.keys() == full_b.keys()
+    assert all(torch.equal(merged[k], full_b[k]) for k in merged)
+    assert not list(tmp_path.glob('.tmp_*'))  # the temporary was renamed
+    cut = tmp_path / 'cut.safetensors'
+    cut.write_bytes(st.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match='truncated or corrupt'):
+        load_tuner_checkpoint(str(cut))
+    plain = tmp_path / 'plain.safetensors'
+    save_file({'w': torch.zeros(2)}, str(plain))
+    with pytest.raises(CheckpointError, match='without mmpetl meta'):
+        load_tuner_checkpoint(str(plain))

@@ -6,11 +6,12 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner.checkpoint import load_state_dict
 
 from mmpetl.registry import HOOKS
-from mmpetl.utils.checkpoint import (_state_dict_of, atomic_save,
-                                     check_base, check_shapes, keys_hash,
+from mmpetl.utils.checkpoint import (_state_dict_of, check_base,
+                                     check_shapes, keys_hash,
                                      load_checkpoint_file,
                                      load_tuner_checkpoint, sha256_file,
-                                     tuner_checkpoint)
+                                     tuner_checkpoint,
+                                     write_tuner_checkpoint)
 
 __all__ = ['TunerCheckpointHook', 'LoadTunerHook']
 
@@ -26,11 +27,20 @@ class TunerCheckpointHook(Hook):
     """Write ``<name>_tuner.pth`` beside every checkpoint ``CheckpointHook``
     saves: the trainable tensors plus meta (mmpetl version, tuner config,
     the base checkpoint's sha256 and key-list hash, taken from the run's
-    ``load_from``)."""
+    ``load_from``).
+
+    Args:
+        file_format (str): ``'pth'`` (torch, loaded with safe loading) or
+            ``'safetensors'`` (``<name>_tuner.safetensors``, no pickle).
+    """
 
     priority = 'VERY_LOW'  # after CheckpointHook has saved
 
-    def __init__(self) -> None:
+    def __init__(self, file_format: str = 'pth') -> None:
+        if file_format not in ('pth', 'safetensors'):
+            raise ValueError(f"TunerCheckpointHook: file_format must be "
+                             f"'pth' or 'safetensors', got {file_format!r}")
+        self.file_format = file_format
         self._last = None
         self._base_meta = None
 
@@ -79,12 +89,12 @@ class TunerCheckpointHook(Hook):
             self._last = last
             return
         self._last = last
-        path = osp.splitext(last)[0] + '_tuner.pth'
+        path = osp.splitext(last)[0] + '_tuner.' + self.file_format
         ckpt = tuner_checkpoint(_unwrap(runner.model),
                                 extra_meta=dict(self._base_meta,
                                                 iter=done_iters,
                                                 epoch=done_epochs))
-        atomic_save(ckpt, path)
+        write_tuner_checkpoint(ckpt, path)
         runner.logger.info(f'mmpetl: tuner checkpoint {path} '
                            f'({osp.getsize(path) / 2**20:.2f} MiB, '
                            f'{len(ckpt["state_dict"])} tensors)')
