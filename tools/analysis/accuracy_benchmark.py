@@ -67,6 +67,9 @@ def parse_args():
                                                  'cpu'))
     p.add_argument('--iters', type=int, help='override the 200 iterations '
                    '(tests only: the table is for the full schedule)')
+    p.add_argument('--readme', action='store_true',
+                   help='copy the table into README.md between the '
+                   '<!-- accuracy:start/end --> markers')
     p.add_argument('--reuse', action='store_true',
                    help='reuse finished (method, seed) runs recorded in '
                    '<work-dir>/runs.json (same base, same iterations)')
@@ -204,6 +207,21 @@ def main():
         f.write(text)
     with open(osp.join(args.out_dir, 'accuracy_transfer.json'), 'w') as f:
         json.dump(dict(header=header, rows=rows, runs=runs), f, indent=1)
+    if args.readme:
+        write_readme(text)
+
+
+def write_readme(text):
+    readme = osp.join(ROOT, 'README.md')
+    start, end = '<!-- accuracy:start -->', '<!-- accuracy:end -->'
+    content = open(readme).read()
+    if start not in content or end not in content:
+        raise SystemExit(f'README.md has no {start} ... {end} markers')
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    body = text.split('\n', 2)[2].strip()  # without the page title
+    with open(readme, 'w') as f:
+        f.write(head + start + '\n' + body + '\n' + end + tail)
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ Writes ``speed_memory.json``, ``speed_memory.md`` and ``speed_memory.png``
 to ``--out-dir`` (default ``benchmarks/results/<cpu|gpu name>/``) with the
 date, machine and command, and checks the targets of the benchmark issue
 (``--strict``: exit 1 when one fails). ``--readme`` also copies the table
-into README.md between the ``bench-<cpu|cuda>`` markers.
+into README.md between the ``bench-<cpu|gpu>`` markers.
 """
 import argparse
 import datetime
@@ -225,15 +225,16 @@ def software():
             f'mmengine {mmengine.__version__}')
 
 
-def write_readme(markdown, device):
+def write_readme(markdown, kind, name):
+    """Copy the report into README.md between the bench-<kind> markers."""
     readme = osp.join(ROOT, 'README.md')
-    start, end = f'<!-- bench-{device}:start -->', f'<!-- bench-{device}:end -->'
+    start, end = f'<!-- bench-{kind}:start -->', f'<!-- bench-{kind}:end -->'
     text = open(readme).read()
     if start not in text or end not in text:
         raise SystemExit(f'README.md has no {start} ... {end} markers')
     body = markdown.split('\n', 2)[2]  # drop the page title
-    body = body.replace('](speed_memory', f'](benchmarks/results/'
-                        f'{device}/speed_memory')
+    body = body.replace(f']({name}', f'](benchmarks/results/{kind}/{name}')
+    body = body.replace('\n# ', '\n#### ').replace('\n## ', '\n#### ')
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     with open(readme, 'w') as f:
@@ -251,9 +252,8 @@ def main(argv=None):
     if s['amp'] and s['device'] != 'cuda':
         raise SystemExit('--amp needs --device cuda (MMEngine\'s '
                          'AmpOptimWrapper runs on GPUs only)')
-    out_dir = args.out_dir or osp.join(ROOT, 'benchmarks', 'results',
-                                       s['device'] if s['device'] == 'cpu'
-                                       else 'gpu')
+    kind = 'cpu' if s['device'] == 'cpu' else 'gpu'
+    out_dir = args.out_dir or osp.join(ROOT, 'benchmarks', 'results', kind)
     os.makedirs(out_dir, exist_ok=True)
     configs = config_list(args)
     rows = []
@@ -295,7 +295,7 @@ def main(argv=None):
         json.dump(dict(header=header, rows=rows, targets=checks), f,
                   indent=1)
     if args.readme:
-        write_readme(markdown, s['device'])
+        write_readme(markdown, kind, args.name)
     print(markdown)
     failed = [r for r in rows if r.get('error')]
     if failed:
