@@ -421,7 +421,9 @@ def _non_finite_loss(tmp):
     NonFiniteLossHook().after_train_iter(runner, 0, None, outputs)
 
 
-def _frozen_moved(tmp):
+def _frozen_check(tamper):
+    """FrozenCheckHook around a 'training' that only runs ``tamper`` on a
+    model whose first layer is frozen."""
     from mmpetl.engine.hooks import FrozenCheckHook
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     model[0].requires_grad_(False)
@@ -429,21 +431,20 @@ def _frozen_moved(tmp):
                              logger=SimpleNamespace(info=lambda msg: None))
     hook = FrozenCheckHook()
     hook.before_train(runner)
-    with torch.no_grad():  # e.g. weight decay applied to a frozen tensor
-        model[0].weight.mul_(0.999)
+    tamper(model)
     hook.after_train(runner)
+
+
+def _frozen_moved(tmp):
+    def tamper(model):
+        with torch.no_grad():  # e.g. weight decay applied to a frozen tensor
+            model[0].weight.mul_(0.999)
+    _frozen_check(tamper)
 
 
 def _frozen_unfrozen(tmp):
-    from mmpetl.engine.hooks import FrozenCheckHook
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
-    model[0].requires_grad_(False)
-    runner = SimpleNamespace(model=model,
-                             logger=SimpleNamespace(info=lambda msg: None))
-    hook = FrozenCheckHook()
-    hook.before_train(runner)
-    model[0].bias.requires_grad_(True)  # un-frozen by hand mid-run
-    hook.after_train(runner)
+    # un-frozen by hand mid-run
+    _frozen_check(lambda model: model[0].bias.requires_grad_(True))
 
 
 TRAINING_CASES = [

@@ -89,17 +89,8 @@ def run_one(args, method, seed, base_path):
     work_dir = osp.join(args.work_dir, f'{method}_seed{seed}')
     cfg = run_demo._cfg(config, work_dir, args.data_root, **options)
     runner, metrics, seconds = run_demo._train(cfg)
-    model = runner.model.module if hasattr(runner.model,
-                                           'module') else runner.model
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    last = runner.message_hub.get_info('last_ckpt')
-    tuner_file = osp.splitext(last)[0] + '_tuner.pth'
-    if osp.exists(tuner_file):
-        stored, size = 'tuner', run_demo._mib(tuner_file)
-    else:
-        full = run_demo.publish_checkpoint(last, osp.join(work_dir, 'full'))
-        stored, size = 'full', run_demo._mib(full)
+    trainable, total, stored, size = run_demo.stored_per_task(runner,
+                                                              work_dir)
     return dict(method=method, seed=seed, config=f'configs/demo/{config}',
                 overrides=overrides, trainable=trainable, total=total,
                 trainable_pct=100.0 * trainable / total, stored=stored,

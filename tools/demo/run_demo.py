@@ -100,10 +100,10 @@ def train_base(args):
     return path, dict(metrics=metrics, seconds=seconds)
 
 
-def run_method(args, label, config, base_path):
-    work_dir = osp.join(args.work_dir, osp.splitext(config)[0])
-    cfg = _cfg(config, work_dir, args.data_root, load_from=base_path)
-    runner, metrics, seconds = _train(cfg)
+def stored_per_task(runner, work_dir):
+    """``(trainable, total, kind, MiB)`` of a finished run: its parameter
+    counts and the file a task keeps (``'tuner'`` checkpoint, or the
+    ``'full'`` published model for full fine-tuning)."""
     model = runner.model.module if hasattr(runner.model,
                                            'module') else runner.model
     total = sum(p.numel() for p in model.parameters())
@@ -111,10 +111,18 @@ def run_method(args, label, config, base_path):
     last = runner.message_hub.get_info('last_ckpt')
     tuner_file = osp.splitext(last)[0] + '_tuner.pth'
     if osp.exists(tuner_file):
-        stored, size = 'tuner checkpoint', _mib(tuner_file)
-    else:  # full fine-tuning stores a whole model per task
-        full = publish_checkpoint(last, osp.join(work_dir, 'full_weights'))
-        stored, size = 'full checkpoint', _mib(full)
+        return trainable, total, 'tuner', _mib(tuner_file)
+    # full fine-tuning stores a whole model per task
+    full = publish_checkpoint(last, osp.join(work_dir, 'full_weights'))
+    return trainable, total, 'full', _mib(full)
+
+
+def run_method(args, label, config, base_path):
+    work_dir = osp.join(args.work_dir, osp.splitext(config)[0])
+    cfg = _cfg(config, work_dir, args.data_root, load_from=base_path)
+    runner, metrics, seconds = _train(cfg)
+    trainable, total, kind, size = stored_per_task(runner, work_dir)
+    stored = f'{kind} checkpoint'
     return dict(method=label, config=f'configs/demo/{config}',
                 trainable=trainable, total=total,
                 trainable_pct=100.0 * trainable / total,
