@@ -9,7 +9,7 @@ different runs are not compared).
 from typing import Dict, List, Optional, Sequence
 
 __all__ = ['with_ratios', 'check_targets', 'markdown_report', 'plot_chart',
-           'REFERENCE']
+           'REFERENCE', 'write_between_markers']
 
 REFERENCE = 'full-ft'
 
@@ -235,3 +235,17 @@ def summary_rows(rows: Sequence[Dict]) -> List[Dict]:
     """Drop the per-step time lists (kept in the JSON only)."""
     return [{k: v for k, v in r.items() if k != 'step_times_ms'}
             for r in rows]
+
+
+def write_between_markers(path: str, name: str, body: str) -> None:
+    """Replace what stands between ``<!-- name:start -->`` and
+    ``<!-- name:end -->`` in ``path`` (the README) by ``body``."""
+    start, end = f'<!-- {name}:start -->', f'<!-- {name}:end -->'
+    with open(path) as f:
+        text = f.read()
+    if start not in text or end not in text:
+        raise SystemExit(f'{path} has no {start} ... {end} markers')
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, 'w') as f:
+        f.write(head + start + '\n' + body.strip() + '\n' + end + tail)

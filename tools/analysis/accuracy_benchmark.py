@@ -203,16 +203,9 @@ def main():
 
 
 def write_readme(text):
-    readme = osp.join(ROOT, 'README.md')
-    start, end = '<!-- accuracy:start -->', '<!-- accuracy:end -->'
-    content = open(readme).read()
-    if start not in content or end not in content:
-        raise SystemExit(f'README.md has no {start} ... {end} markers')
-    head, rest = content.split(start, 1)
-    _, tail = rest.split(end, 1)
-    body = text.split('\n', 2)[2].strip()  # without the page title
-    with open(readme, 'w') as f:
-        f.write(head + start + '\n' + body + '\n' + end + tail)
+    from mmpetl.analysis.report import write_between_markers
+    write_between_markers(osp.join(ROOT, 'README.md'), 'accuracy',
+                          text.split('\n', 2)[2])  # without the page title
 
 
 if __name__ == '__main__':

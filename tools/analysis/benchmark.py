@@ -227,18 +227,11 @@ def software():
 
 def write_readme(markdown, kind, name):
     """Copy the report into README.md between the bench-<kind> markers."""
-    readme = osp.join(ROOT, 'README.md')
-    start, end = f'<!-- bench-{kind}:start -->', f'<!-- bench-{kind}:end -->'
-    text = open(readme).read()
-    if start not in text or end not in text:
-        raise SystemExit(f'README.md has no {start} ... {end} markers')
+    from mmpetl.analysis.report import write_between_markers
     body = markdown.split('\n', 2)[2]  # drop the page title
     body = body.replace(f']({name}', f'](benchmarks/results/{kind}/{name}')
     body = body.replace('\n# ', '\n#### ').replace('\n## ', '\n#### ')
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    with open(readme, 'w') as f:
-        f.write(head + start + '\n' + body.strip() + '\n' + end + tail)
+    write_between_markers(osp.join(ROOT, 'README.md'), f'bench-{kind}', body)
 
 
 def main(argv=None):
