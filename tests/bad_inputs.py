@@ -285,6 +285,15 @@ def _truncated(tmp):
     load_checkpoint_file(str(path))
 
 
+def _truncated_safetensors(tmp):
+    from mmpetl.utils.checkpoint import (load_tuner_checkpoint,
+                                         save_tuner_checkpoint)
+    path = tmp / 'iter_200_tuner.safetensors'
+    save_tuner_checkpoint(_build(TUNERS, ['bbox_head']), str(path))
+    path.write_bytes(path.read_bytes()[:-1000])
+    load_tuner_checkpoint(str(path))
+
+
 def _not_a_checkpoint(tmp):
     from mmpetl.utils.checkpoint import load_checkpoint_file
     path = tmp / 'iter_200.pth'
@@ -362,6 +371,11 @@ CHECKPOINT_CASES = [
          _truncated, CheckpointError,
          r'cannot load .*iter_200\.pth with safe loading.*truncated, '
          r'corrupt'),
+    Case('ckpt-safetensors-truncated', 'checkpoint',
+         'truncated `.safetensors` tuner checkpoint',
+         _truncated_safetensors, CheckpointError,
+         r'cannot read .*iter_200_tuner\.safetensors as safetensors.*'
+         r'truncated or corrupt'),
     Case('ckpt-not-torch', 'checkpoint',
          'a file that is not a checkpoint (an HTML error page)',
          _not_a_checkpoint, CheckpointError,
