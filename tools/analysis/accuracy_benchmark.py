@@ -22,7 +22,6 @@ import os
 import os.path as osp
 import statistics
 import sys
-import time
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -70,6 +69,10 @@ def parse_args():
     p.add_argument('--readme', action='store_true',
                    help='copy the table into README.md between the '
                    '<!-- accuracy:start/end --> markers')
+    p.add_argument('--report-only', action='store_true',
+                   help='train nothing: write the table from the finished '
+                   'runs in <work-dir>/runs.json (implies --reuse); runs '
+                   'not finished are listed as missing')
     p.add_argument('--reuse', action='store_true',
                    help='reuse finished (method, seed) runs recorded in '
                    '<work-dir>/runs.json (same base, same iterations)')
@@ -131,9 +134,11 @@ def markdown(rows, header):
         f"- base: {header['base']}",
         f"- setting: {header['setting']}",
         f"- seeds: {header['seeds']} (mean, sample std and min-max over "
-        f'them; mAP = COCO bbox mAP on target val, 150 images)', '',
+        f'them; mAP = COCO bbox mAP on target val, 150 images)',
+        '- wall minutes are as measured, other jobs included: they are not '
+        'a speed comparison (that is tools/analysis/benchmark.py)', '',
         '| method | trainable | trainable % | stored per task | mAP mean | '
-        'std | min-max | Δ vs full FT | AP50 | per seed | min/run |',
+        'std | min-max | Δ vs full FT | AP50 | per seed | wall min/run |',
         '|---|---:|---:|---|---:|---:|---:|---:|---:|---|---:|']
     for r in rows:
         delta = '–' if r['delta_vs_full'] is None else \
@@ -158,15 +163,17 @@ def main():
     base_path, _ = run_demo.train_base(demo_args)
     runs_file = osp.join(args.work_dir, 'runs.json')
     done = {}
-    if args.reuse and osp.exists(runs_file):
+    if (args.reuse or args.report_only) and osp.exists(runs_file):
         with open(runs_file) as f:
             done = {(r['method'], r['seed']): r for r in json.load(f)
                     if r.get('base') == osp.basename(base_path) and
                     r.get('iters_asked') == args.iters}
-    runs = []
-    start = time.time()
+    runs, missing = [], []
     for seed in args.seeds:  # seeds outermost: a partial run is balanced
         for method in args.methods:
+            if args.report_only and (method, seed) not in done:
+                missing.append(f'{method} seed {seed}')
+                continue
             if (method, seed) in done:
                 print(f'[accuracy] {method} seed {seed}: reusing the '
                       f'finished run in {runs_file}', flush=True)
@@ -190,8 +197,10 @@ def main():
         ' '.join(sys.argv[1:]),
         base=f'{osp.basename(base_path)} (published by `make demo`)',
         setting=f'{runs[0]["iters"]} iterations per run, batch 8, 160 px, '
-        f'CPU; total {(time.time() - start) / 60:.0f} min',
-        seeds=' '.join(map(str, args.seeds)))
+        f'CPU; {sum(r["minutes"] for r in runs):.0f} min of training and '
+        f'evaluation in all',
+        seeds=' '.join(map(str, args.seeds)) + (
+            f'; not run: {", ".join(missing)}' if missing else ''))
     text = markdown(rows, header)
     print(text)
     with open(osp.join(args.out_dir, 'accuracy_transfer.md'), 'w') as f:
