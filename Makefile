@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean-venv
+.PHONY: install test demo benchmark clean-venv
 
 install:
 	bash tools/install/setup_env.sh
@@ -13,6 +13,15 @@ test: install
 
 demo: install
 	$(PY) tools/demo/run_demo.py
+
+# Every benchmark table in the README (CPU; see benchmarks/README.md):
+# speed/memory/parameters, detection accuracy on the demo transfer (reuses
+# the base `make demo` published, trains it if absent), ViT accuracy.
+SEEDS ?= 0 1 2
+benchmark: install
+	$(PY) tools/analysis/benchmark.py --readme
+	$(PY) tools/analysis/accuracy_benchmark.py --seeds $(SEEDS) --reuse --readme
+	$(PY) tools/analysis/vit_accuracy_benchmark.py --seeds $(SEEDS) --readme
 
 clean-venv:
 	rm -rf .venv
