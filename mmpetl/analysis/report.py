@@ -6,10 +6,11 @@ and ``config``. Ratios are taken against the ``full-ft`` row of the same
 architecture *in the same run* (the machines are noisy: numbers from
 different runs are not compared).
 """
-from typing import Dict, List, Optional, Sequence
+import statistics
+from typing import Callable, Dict, List, Optional, Sequence
 
 __all__ = ['with_ratios', 'check_targets', 'markdown_report', 'plot_chart',
-           'REFERENCE', 'write_between_markers']
+           'REFERENCE', 'write_between_markers', 'seed_summary']
 
 REFERENCE = 'full-ft'
 
@@ -249,3 +250,28 @@ def write_between_markers(path: str, name: str, body: str) -> None:
     _, tail = rest.split(end, 1)
     with open(path, 'w') as f:
         f.write(head + start + '\n' + body.strip() + '\n' + end + tail)
+
+
+def seed_summary(runs: Sequence[Dict], metric: str,
+                 extra: Callable[[List[Dict]], Dict]) -> List[Dict]:
+    """One row per method of per-seed runs (accuracy benchmarks).
+
+    Each row has the method, its seeds, the per-seed ``metric`` values
+    (``values``), their mean, sample std (NaN for one seed), min and max,
+    ``delta_vs_full`` (mean minus full fine-tuning's mean, None without a
+    ``full-ft`` method), plus what ``extra(runs_of_the_method)`` returns.
+    """
+    rows = []
+    for method in dict.fromkeys(r['method'] for r in runs):
+        mine = [r for r in runs if r['method'] == method]
+        values = [r[metric] for r in mine]
+        row = dict(method=method, seeds=[r['seed'] for r in mine],
+                   values=values, mean=statistics.mean(values),
+                   std=statistics.stdev(values) if len(values) > 1
+                   else float('nan'), min=min(values), max=max(values))
+        row.update(extra(mine))
+        rows.append(row)
+    ref = next((r for r in rows if r['method'] == REFERENCE), None)
+    for row in rows:
+        row['delta_vs_full'] = row['mean'] - ref['mean'] if ref else None
+    return rows

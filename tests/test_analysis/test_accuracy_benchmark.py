@@ -25,6 +25,7 @@ def test_summary_reports_seeds_mean_spread_and_delta_to_full_ft():
         _run('full-ft', 1, 0.26), _run('etta', 1, 0.30)])
     by = {r['method']: r for r in rows}
     assert by['etta']['seeds'] == [0, 1]
+    assert by['etta']['values'] == [0.28, 0.30]
     assert by['etta']['mean'] == pytest.approx(0.29)
     assert by['etta']['std'] == pytest.approx(0.0141421, abs=1e-6)
     assert (by['etta']['min'], by['etta']['max']) == (0.28, 0.30)

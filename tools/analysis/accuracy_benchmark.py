@@ -106,24 +106,13 @@ def run_one(args, method, seed, base_path):
 
 def summarize(runs):
     """One row per method: mean, spread and per-seed mAP."""
-    rows = []
-    for method in dict.fromkeys(r['method'] for r in runs):
-        mine = [r for r in runs if r['method'] == method]
-        maps = [r['bbox_mAP'] for r in mine]
-        rows.append(dict(
-            method=method, seeds=[r['seed'] for r in mine], maps=maps,
-            mean=statistics.mean(maps),
-            std=statistics.stdev(maps) if len(maps) > 1 else float('nan'),
-            min=min(maps), max=max(maps),
-            ap50=statistics.mean(r['bbox_AP50'] for r in mine),
-            trainable_pct=mine[0]['trainable_pct'],
-            trainable=mine[0]['trainable'], stored=mine[0]['stored'],
-            checkpoint_mib=mine[0]['checkpoint_mib'],
-            minutes=statistics.mean(r['minutes'] for r in mine)))
-    ref = next((r for r in rows if r['method'] == 'full-ft'), None)
-    for row in rows:
-        row['delta_vs_full'] = (row['mean'] - ref['mean']) if ref else None
-    return rows
+    from mmpetl.analysis.report import seed_summary
+    return seed_summary(runs, 'bbox_mAP', lambda mine: dict(
+        ap50=statistics.mean(r['bbox_AP50'] for r in mine),
+        trainable_pct=mine[0]['trainable_pct'],
+        trainable=mine[0]['trainable'], stored=mine[0]['stored'],
+        checkpoint_mib=mine[0]['checkpoint_mib'],
+        minutes=statistics.mean(r['minutes'] for r in mine)))
 
 
 def markdown(rows, header):
@@ -149,7 +138,7 @@ def markdown(rows, header):
             f"{r['checkpoint_mib']:.2f} MiB | {r['mean']:.3f} | "
             f"{r['std']:.3f} | {r['min']:.3f}–{r['max']:.3f} | {delta} | "
             f"{r['ap50']:.3f} | "
-            f"{', '.join(f'{m:.3f}' for m in r['maps'])} | "
+            f"{', '.join(f'{m:.3f}' for m in r['values'])} | "
             f"{r['minutes']:.1f} |")
     return '\n'.join(lines) + '\n'
 

@@ -198,21 +198,12 @@ def run_one(args, method, seed, base_state, target):
 
 
 def summarize(runs):
-    rows = []
-    for method in dict.fromkeys(r['method'] for r in runs):
-        mine = [r for r in runs if r['method'] == method]
-        acc = [r['top1'] for r in mine]
-        rows.append(dict(
-            method=method, seeds=[r['seed'] for r in mine], top1=acc,
-            mean=statistics.mean(acc),
-            std=statistics.stdev(acc) if len(acc) > 1 else float('nan'),
-            min=min(acc), max=max(acc), trainable=mine[0]['trainable'],
-            trainable_pct=mine[0]['trainable_pct'],
-            seconds=statistics.mean(r['seconds'] for r in mine)))
-    ref = next((r for r in rows if r['method'] == 'full-ft'), None)
-    for row in rows:
-        row['delta_vs_full'] = row['mean'] - ref['mean'] if ref else None
-    return rows
+    """One row per method: mean, spread and per-seed top-1."""
+    from mmpetl.analysis.report import seed_summary
+    return seed_summary(runs, 'top1', lambda mine: dict(
+        trainable=mine[0]['trainable'],
+        trainable_pct=mine[0]['trainable_pct'],
+        seconds=statistics.mean(r['seconds'] for r in mine)))
 
 
 def markdown(rows, header):
@@ -233,7 +224,7 @@ def markdown(rows, header):
             f"| {r['method']} | {r['trainable']:,} | "
             f"{r['trainable_pct']:.2f}% | {r['mean']:.3f} | {r['std']:.3f} | "
             f"{r['min']:.3f}–{r['max']:.3f} | {delta} | "
-            f"{', '.join(f'{a:.3f}' for a in r['top1'])} | "
+            f"{', '.join(f'{a:.3f}' for a in r['values'])} | "
             f"{r['seconds']:.0f} |")
     return '\n'.join(lines) + '\n'
 
