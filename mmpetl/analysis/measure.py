@@ -18,6 +18,11 @@ Memory (both count weights + gradients + optimizer state + activations):
     profiled step. The process's peak resident set above its post-import
     baseline (``VmHWM``) is recorded too; it also holds allocator caches
     and oneDNN workspaces, so it is not the number ratios are taken on.
+
+Inference latency of a PETL model is compared with its base model (the
+inner model built without tuners) in the same process, the two timed in
+alternation, so that machine noise and drift hit both alike; the ratio is
+of the two medians. The same holds after merging LoRA / folding prefixes.
 """
 import io
 import statistics
@@ -28,7 +33,8 @@ import torch
 import torch.nn as nn
 
 __all__ = ['measure_config', 'synthetic_batch', 'rss_mib', 'reset_peak_rss',
-           'peak_rss_mib', 'cpu_tensor_peak_mib', 'deploy', 'median_time']
+           'peak_rss_mib', 'cpu_tensor_peak_mib', 'deploy', 'median_time',
+           'interleaved_medians']
 
 
 # -- memory --------------------------------------------------------------
@@ -160,6 +166,25 @@ def median_time(fn: Callable[[], None], warmup: int, iters: int,
     return statistics.median(times), times
 
 
+def interleaved_medians(fns: List[Callable[[], None]], warmup: int,
+                        iters: int, sync: Callable[[], None]) -> List[float]:
+    """Median wall time in ms of each of ``fns``, timed in turn
+    (``fns[0]``, ``fns[1]``, ..., ``fns[0]``, ...) so drift hits all."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: List[List[float]] = [[] for _ in fns]
+    for i in range(iters):
+        order = range(len(fns)) if i % 2 == 0 else reversed(range(len(fns)))
+        for k in order:
+            sync()
+            start = time.perf_counter()
+            fns[k]()
+            sync()
+            times[k].append(1000.0 * (time.perf_counter() - start))
+    return [statistics.median(t) for t in times]
+
+
 def _gpu_busy_ms(fn: Callable[[], None], steps: int) -> float:
     """Mean time per step the GPU spent in kernels (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
@@ -214,6 +239,31 @@ def _num_classes(model: nn.Module) -> int:
     inner = getattr(model, 'inner', model)
     head = getattr(inner, 'bbox_head', None) or getattr(inner, 'head')
     return int(head.num_classes)
+
+
+def build_base_model(cfg, device: torch.device,
+                     weights_from: Optional[nn.Module] = None
+                     ) -> Optional[nn.Module]:
+    """The model a PETL config starts from, without tuners (eval mode);
+    None for a config that is not a PETLModel. It gets the weights of
+    ``weights_from`` (the tuned model) where their names match, so the two
+    compute with the same values (denormals and the like cost CPU time)."""
+    model_cfg = cfg.model
+    if not str(model_cfg.get('type', '')).endswith('PETLModel'):
+        return None
+    from mmpetl.models.petl_model import (_quiet_init_weights,
+                                          build_inner_model)
+    inner = dict(model_cfg['model'])
+    if model_cfg.get('data_preprocessor') is not None:
+        inner.setdefault('data_preprocessor', model_cfg['data_preprocessor'])
+    base = build_inner_model(inner, model_cfg.get('scope'))
+    _quiet_init_weights(base)
+    if weights_from is not None:
+        own = base.state_dict()
+        shared = {k: v for k, v in weights_from.state_dict().items()
+                  if k in own and own[k].shape == v.shape}
+        base.load_state_dict(shared, strict=False)
+    return base.to(device).eval()
 
 
 def build_model_and_optim(cfg, device: torch.device, amp: Optional[str]):
@@ -291,16 +341,26 @@ def measure_config(cfg, device: str = 'cpu', batch: int = 1,
         handle.remove()
 
     model.eval()
+    base = build_base_model(cfg, dev, weights_from=model)
 
-    def infer():
-        with torch.no_grad():
-            model.test_step(data)
+    def run(net):
+        def call():
+            with torch.no_grad():
+                net.test_step(data)
+        return call
 
-    infer_ms, _ = median_time(infer, 1, infer_iters, sync)
+    infer, infer_base = run(model), run(base) if base is not None else None
+    infer_base_ms = infer_deployed_ms = infer_deployed_base_ms = None
+    if base is None:  # a vanilla model: it is its own base
+        infer_ms, _ = median_time(infer, 1, infer_iters, sync)
+    else:
+        infer_ms, infer_base_ms = interleaved_medians(
+            [infer, infer_base], 1, infer_iters, sync)
     deployed = deploy(model)
-    infer_deployed_ms = None
-    if deployed['lora_merged'] or deployed['prefix_folded']:
-        infer_deployed_ms, _ = median_time(infer, 1, infer_iters, sync)
+    if base is not None and (deployed['lora_merged'] or
+                             deployed['prefix_folded']):
+        infer_deployed_ms, infer_deployed_base_ms = interleaved_medians(
+            [infer, infer_base], 1, infer_iters, sync)
     return dict(
         task=task, device=str(dev), batch=batch, size=list(size),
         amp=amp or 'fp32',
@@ -312,6 +372,8 @@ def measure_config(cfg, device: str = 'cpu', batch: int = 1,
         model_rss_mib=None if cuda else rss_model - rss_libs,
         step_ms=step_ms, step_times_ms=step_times, gpu_busy_ms=gpu_busy,
         infer_ms=infer_ms, infer_deployed_ms=infer_deployed_ms,
+        infer_base_ms=infer_base_ms,
+        infer_deployed_base_ms=infer_deployed_base_ms,
         backbone_autograd=(any(backbone_grad) if backbone_grad else None),
         losses_finite=all(map(lambda v: v == v and abs(v) != float('inf'),
                               losses)),

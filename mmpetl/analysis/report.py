@@ -36,11 +36,13 @@ def with_ratios(rows: List[Dict]) -> List[Dict]:
             if row.get('gpu_busy_ms') is not None:
                 row['gpu_busy_ratio'] = _ratio(row['gpu_busy_ms'],
                                                ref['gpu_busy_ms'])
-            # full fine-tuning runs the plain base model: its latency is
-            # the base model's
-            row['infer_ratio'] = _ratio(row['infer_ms'], ref['infer_ms'])
-            row['infer_deployed_ratio'] = _ratio(row.get('infer_deployed_ms'),
-                                                 ref['infer_ms'])
+            # PETL rows timed their base model beside them (same process,
+            # alternating); otherwise full fine-tuning's run is the base
+            base = row.get('infer_base_ms') or ref['infer_ms']
+            row['infer_ratio'] = _ratio(row['infer_ms'], base)
+            row['infer_deployed_ratio'] = _ratio(
+                row.get('infer_deployed_ms'),
+                row.get('infer_deployed_base_ms') or base)
             row['ckpt_shrink'] = _ratio(ref['checkpoint_mib'],
                                         row['checkpoint_mib'])
         out.append(row)
@@ -136,7 +138,8 @@ def markdown_report(rows: List[Dict], checks: List[Dict], header: Dict,
         f'`test_step` (batch as above).',
         '- ratios (×) are to full fine-tuning of the same architecture, '
         'measured in this run; inference ratios are to the base model '
-        '(full fine-tuning trains the plain model).',
+        '(the config\'s model without tuners), timed in the same process '
+        'in alternation with the tuned one (before and after merging).',
         '',
     ]
     if chart:

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from mmpetl.analysis import check_targets, deploy, with_ratios
-from mmpetl.analysis.measure import cpu_tensor_peak_mib, synthetic_batch
+from mmpetl.analysis.measure import (build_base_model, cpu_tensor_peak_mib,
+                                     interleaved_medians, synthetic_batch)
 from mmpetl.analysis.report import markdown_report
 from tests.conftest import small_deformable_cfg
 
@@ -99,6 +100,46 @@ def test_deploy_merges_lora_and_counts_base_params_only():
     torch.testing.assert_close(ffn(x), before)
 
 
+def test_base_model_is_the_petl_configs_model_without_tuners():
+    from mmengine.config import Config
+    from mmpetl.models import PETLModel
+    from mmpetl.tuners import BaseTuner
+    inner = small_deformable_cfg()
+    cfg = Config(dict(model=dict(
+        type='mmpetl.PETLModel', model=inner, trainable=['bbox_head'],
+        tuners=[dict(type='ParallelAdapter', presets=['ffn'],
+                     bottleneck=8)])))
+    base = build_base_model(cfg, torch.device('cpu'))
+    tuned = PETLModel(**{k: v for k, v in cfg.model.items() if k != 'type'})
+    assert not base.training
+    assert not any(isinstance(m, BaseTuner) for m in base.modules())
+    assert any(isinstance(m, BaseTuner) for m in tuned.modules())
+    tuner_keys = {k for k in tuned.state_dict() if 'tuner' in k or
+                  'adapter' in k}
+    assert tuner_keys and set(base.state_dict()) == \
+        set(tuned.state_dict()) - tuner_keys
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(1.0)  # as after training
+    copied = build_base_model(cfg, torch.device('cpu'), weights_from=tuned)
+    theirs = tuned.state_dict()
+    for key, value in copied.state_dict().items():
+        torch.testing.assert_close(value, theirs[key])
+    assert build_base_model(Config(dict(model=inner)),
+                            torch.device('cpu')) is None  # vanilla config
+
+
+def test_interleaved_medians_alternate_the_functions():
+    calls = []
+    medians = interleaved_medians(
+        [lambda: calls.append('a'), lambda: calls.append('b')],
+        warmup=1, iters=3, sync=lambda: None)
+    assert len(medians) == 2 and all(m >= 0 for m in medians)
+    # warm-up a b, then a b / b a / a b: no function runs twice in a row
+    # except at the turn, and each ran 1 + 3 times
+    assert calls == ['a', 'b', 'a', 'b', 'b', 'a', 'a', 'b']
+
+
 def _row(method, arch='a', **kw):
     row = dict(arch=arch, method=method, trainable_pct=5.0, is_petl=True,
                checkpoint_mib=1.0, peak_mem_mib=100.0, step_ms=100.0,
@@ -138,6 +179,14 @@ def test_ratios_are_to_full_ft_of_the_same_arch_and_targets_follow():
     assert checks['etta', 'inference latency <= 1.10x base'] is False
     assert checks['lora', 'inference after merging LoRA <= 1.02x base']
     assert checks['unipt', 'UniPT peak memory <= 0.2x full FT']
+    # a base model timed beside the tuned one is the reference, not the
+    # full fine-tuning run
+    side = with_ratios([
+        _row('full-ft', is_petl=False, infer_ms=10.0),
+        _row('lora', infer_ms=12.0, infer_base_ms=11.0,
+             infer_deployed_ms=11.5, infer_deployed_base_ms=11.5)])[1]
+    assert side['infer_ratio'] == pytest.approx(12.0 / 11.0)
+    assert side['infer_deployed_ratio'] == pytest.approx(1.0)
     text = markdown_report(rows, check_targets(rows), dict(
         device_kind='CPU', date='d', machine='m', software='s',
         command='c', setting='x'))
@@ -188,6 +237,9 @@ def test_benchmark_tool_end_to_end(tmp_path):
     assert full['backbone_autograd'] is True
     assert et['peak_mem_mib'] < full['peak_mem_mib']
     assert et['losses_finite'] and full['losses_finite']
+    assert et['infer_base_ms'] > 0 and full['infer_base_ms'] is None
+    assert et['infer_ratio'] == pytest.approx(
+        et['infer_ms'] / et['infer_base_ms'])
     assert result['header']['command'].startswith(
         'python tools/analysis/benchmark.py --configs')
     md = (out / 'speed_memory.md').read_text()

@@ -73,9 +73,11 @@ def parse_args(argv=None):
     p.add_argument('--amp', choices=['float16', 'bfloat16'],
                    help='mixed precision (GPU only)')
     p.add_argument('--warmup', type=int, default=2)
-    p.add_argument('--iters', type=int, default=3,
+    p.add_argument('--iters', type=int, default=8,
                    help='timed train steps (median reported)')
-    p.add_argument('--infer-iters', type=int, default=3)
+    p.add_argument('--infer-iters', type=int, default=8,
+                   help='timed inference calls of the tuned model and, in '
+                   'alternation, of its base model (medians compared)')
     p.add_argument('--threads', type=int, help='CPU threads per process')
     p.add_argument('--timeout', type=int, default=1200,
                    help='seconds per config before it is reported failed')
