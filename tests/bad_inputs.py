@@ -22,7 +22,8 @@ from typing import Callable, List, Pattern, Tuple, Type, Union
 
 import torch
 
-from mmpetl.engine.hooks.frozen_check_hook import FrozenParamsChanged
+from mmpetl.engine.hooks.frozen_check_hook import (FrozenParamsChanged,
+                                                   NonFiniteWeightsError)
 from mmpetl.engine.hooks.non_finite_loss_hook import NonFiniteLossError
 from mmpetl.utils.checkpoint import (BaseMismatchError, CheckpointError,
                                      ShapeMismatchError)
@@ -435,13 +436,16 @@ def _non_finite_loss(tmp):
     NonFiniteLossHook().after_train_iter(runner, 0, None, outputs)
 
 
-def _frozen_check(tamper):
+def _frozen_check(tamper, load=None):
     """FrozenCheckHook around a 'training' that only runs ``tamper`` on a
-    model whose first layer is frozen."""
+    model whose first layer is frozen (``load`` edits it before training,
+    as loading a checkpoint would)."""
     from mmpetl.engine.hooks import FrozenCheckHook
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     model[0].requires_grad_(False)
-    runner = SimpleNamespace(model=model,
+    if load:
+        load(model)
+    runner = SimpleNamespace(model=model, _load_from='base.pth',
                              logger=SimpleNamespace(info=lambda msg: None))
     hook = FrozenCheckHook()
     hook.before_train(runner)
@@ -461,6 +465,13 @@ def _frozen_unfrozen(tmp):
     _frozen_check(lambda model: model[0].bias.requires_grad_(True))
 
 
+def _non_finite_base(tmp):
+    def load(model):  # a base saved before init_weights() filled it
+        with torch.no_grad():
+            model[0].weight[0, 0] = float('nan')
+    _frozen_check(lambda model: None, load)
+
+
 TRAINING_CASES = [
     Case('non-finite-loss', 'training',
          'a NaN loss (lr too high, bad data) at iteration 42',
@@ -476,6 +487,13 @@ TRAINING_CASES = [
          'a frozen parameter un-frozen by hand (`requires_grad_(True)`)',
          _frozen_unfrozen, FrozenParamsChanged,
          r"1 were un-frozen \(first: \['0\.bias'\]\)"),
+    Case('non-finite-base', 'training',
+         'base weights holding NaN (corrupt file, or saved before '
+         '`init_weights()` filled mmdet\'s uninitialised tensors)',
+         _non_finite_base, NonFiniteWeightsError,
+         r"1 model tensors hold NaN or Inf before training \(first: "
+         r"\['0\.weight'\]\); weights loaded from: base\.pth.*"
+         r"init_weights\(\)"),
 ]
 
 

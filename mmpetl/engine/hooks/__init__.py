@@ -1,8 +1,9 @@
 from .frozen_check_hook import (FrozenCheckHook, FrozenParamsChanged,
-                                fingerprint_frozen)
+                                NonFiniteWeightsError, fingerprint_frozen,
+                                non_finite_tensors)
 from .non_finite_loss_hook import NonFiniteLossError, NonFiniteLossHook
 from .param_report_hook import ParamReportHook
 from .tuner_checkpoint_hook import LoadTunerHook, TunerCheckpointHook
 
 __all__ = ['ParamReportHook', 'NonFiniteLossHook', 'NonFiniteLossError', 'TunerCheckpointHook', 'LoadTunerHook', 'FrozenCheckHook', 'FrozenParamsChanged',
-           'fingerprint_frozen']
+           'fingerprint_frozen', 'NonFiniteWeightsError', 'non_finite_tensors']

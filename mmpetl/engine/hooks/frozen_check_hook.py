@@ -6,9 +6,14 @@ frozen tensor) the tuner checkpoints no longer fit the base checkpoint.
 Before training (after loading/resuming) each frozen parameter's bytes are
 fingerprinted (SHA-1, so bit-identical is what is checked and nothing is
 copied); after training they are fingerprinted again and compared.
+
+Before training it also refuses weights that hold NaN or Inf (a corrupt
+base, or one saved from a model whose ``init_weights()`` never ran: mmdet
+allocates some tensors uninitialised and fills them only there). Without
+this check the first sign is an opaque error deep in the Hungarian matcher.
 """
 import hashlib
-from typing import Dict
+from typing import Dict, List
 
 import torch
 from mmengine.hooks import Hook
@@ -16,11 +21,25 @@ from mmengine.model import is_model_wrapper
 
 from mmpetl.registry import HOOKS
 
-__all__ = ['FrozenCheckHook', 'fingerprint_frozen', 'FrozenParamsChanged']
+__all__ = [
+    'FrozenCheckHook', 'fingerprint_frozen', 'FrozenParamsChanged',
+    'NonFiniteWeightsError', 'non_finite_tensors'
+]
 
 
 class FrozenParamsChanged(RuntimeError):
     pass
+
+
+class NonFiniteWeightsError(ValueError):
+    pass
+
+
+def non_finite_tensors(model) -> List[str]:
+    """Names of floating parameters and buffers holding NaN or Inf."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    return [name for name, t in tensors
+            if t.is_floating_point() and not torch.isfinite(t).all()]
 
 
 def _digest(tensor: torch.Tensor) -> str:
@@ -51,6 +70,16 @@ class FrozenCheckHook(Hook):
             runner.model) else runner.model
 
     def before_train(self, runner) -> None:
+        bad = non_finite_tensors(self._model(runner))
+        if bad:
+            source = getattr(runner, '_load_from', None)
+            raise NonFiniteWeightsError(
+                f'{len(bad)} model tensors hold NaN or Inf before training '
+                f'(first: {bad[:5]}); weights loaded from: {source}. The '
+                f'checkpoint is corrupt, or it was saved from a model whose '
+                f'init_weights() never ran (mmdet leaves some tensors '
+                f'uninitialised until then): save the base again from a '
+                f'trained or initialised model.')
         self._before = fingerprint_frozen(self._model(runner))
         runner.logger.info(f'mmpetl: fingerprinted {len(self._before)} '
                            f'frozen tensors')
