@@ -133,7 +133,7 @@ def train(model, optim, images, labels, iters, batch, seed):
     last = []
     for index in batches(len(labels), batch, iters, seed):
         log = model.train_step(as_data(images, labels, index), optim)
-        last.append(float(log['loss']))
+        last.append(float(log['loss'].detach()))  # log_vars keep the graph
     return statistics.mean(last[-20:])
 
 
