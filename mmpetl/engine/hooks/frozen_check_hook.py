@@ -72,7 +72,9 @@ class FrozenCheckHook(Hook):
     def before_train(self, runner) -> None:
         bad = non_finite_tensors(self._model(runner))
         if bad:
-            source = getattr(runner, '_load_from', None)
+            source = getattr(runner, '_load_from', None) or (
+                'the resumed checkpoint' if getattr(runner, '_resume', False)
+                else 'no checkpoint (load_from is None)')
             raise NonFiniteWeightsError(
                 f'{len(bad)} model tensors hold NaN or Inf before training '
                 f'(first: {bad[:5]}); weights loaded from: {source}. The '
