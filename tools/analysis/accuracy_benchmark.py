@@ -13,7 +13,7 @@ task, to ``benchmarks/results/cpu/accuracy_transfer.{md,json}``.
 
 The methods are sized for this d = 128, 2+2-layer model (configs in
 ``METHODS`` below); PETL methods share one optimiser setting (AdamW, lr
-1e-3, tuners at 2x), full fine-tuning keeps its own (lr 4e-4).
+1e-3, tuners at 2x), full fine-tuning keeps its own (lr 2e-4).
 """
 import argparse
 import datetime

@@ -70,7 +70,8 @@ class FrozenCheckHook(Hook):
             runner.model) else runner.model
 
     def before_train(self, runner) -> None:
-        bad = non_finite_tensors(self._model(runner))
+        model = self._model(runner)
+        bad = non_finite_tensors(model)
         if bad:
             source = getattr(runner, '_load_from', None) or (
                 'the resumed checkpoint' if getattr(runner, '_resume', False)
@@ -82,7 +83,7 @@ class FrozenCheckHook(Hook):
                 f'init_weights() never ran (mmdet leaves some tensors '
                 f'uninitialised until then): save the base again from a '
                 f'trained or initialised model.')
-        self._before = fingerprint_frozen(self._model(runner))
+        self._before = fingerprint_frozen(model)
         runner.logger.info(f'mmpetl: fingerprinted {len(self._before)} '
                            f'frozen tensors')
 
