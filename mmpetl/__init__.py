@@ -13,7 +13,7 @@ check_versions()
 guard_mmpretrain_multimodal()
 
 from .ops import patch_msda_fp32  # noqa: E402
-from .utils.checkpoint import patch_mmengine_atomic_save  # noqa: E402
+from .utils.io import patch_mmengine_atomic_save  # noqa: E402
 from .utils.safe_load import allow_mmengine_checkpoints  # noqa: E402
 
 allow_mmengine_checkpoints()

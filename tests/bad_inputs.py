@@ -25,8 +25,8 @@ import torch
 from mmpetl.engine.hooks.frozen_check_hook import (FrozenParamsChanged,
                                                    NonFiniteWeightsError)
 from mmpetl.engine.hooks.non_finite_loss_hook import NonFiniteLossError
-from mmpetl.utils.checkpoint import (BaseMismatchError, CheckpointError,
-                                     ShapeMismatchError)
+from mmpetl.checkpoints import BaseMismatchError, ShapeMismatchError
+from mmpetl.utils import CheckpointError
 from mmpetl.utils.config_check import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ TUNER_CASES = [
                 TypeError, r'already has an attribute `adapter`'),
     _tuner_case('trainable-typo',
                 'trainable pattern matching nothing (`bbox_haed`)', FFN,
-                ValueError, r"trainable pattern 'bbox_haed'.*bbox_head",
+                ValueError, r"trainable name .*'bbox_haed'.*bbox_head",
                 trainable=['bbox_haed']),
     _tuner_case('nothing-trainable', 'no tuners and no trainable parts', [],
                 ValueError, r'no trainable parameter'),
@@ -266,7 +266,7 @@ def _base(tmp: Path) -> Path:
 
 
 def _tuner(tmp: Path, base: Path, tuners=TUNERS) -> Path:
-    from mmpetl.utils.checkpoint import save_tuner_checkpoint
+    from mmpetl.checkpoints import save_tuner_checkpoint
     model = _build(tuners, ['bbox_head'])
     path = tmp / 'iter_200_tuner.pth'
     save_tuner_checkpoint(model, str(path), str(base))
@@ -280,15 +280,15 @@ def _small_file(tmp: Path) -> Path:
 
 
 def _truncated(tmp):
-    from mmpetl.utils.checkpoint import load_checkpoint_file
+    from mmpetl.utils import load_checkpoint_file
     path = _small_file(tmp)
     path.write_bytes(path.read_bytes()[:2000])
     load_checkpoint_file(str(path))
 
 
 def _truncated_safetensors(tmp):
-    from mmpetl.utils.checkpoint import (load_tuner_checkpoint,
-                                         save_tuner_checkpoint)
+    from mmpetl.checkpoints import (load_tuner_checkpoint,
+                                    save_tuner_checkpoint)
     path = tmp / 'iter_200_tuner.safetensors'
     save_tuner_checkpoint(_build(TUNERS, ['bbox_head']), str(path))
     path.write_bytes(path.read_bytes()[:-1000])
@@ -296,7 +296,7 @@ def _truncated_safetensors(tmp):
 
 
 def _not_a_checkpoint(tmp):
-    from mmpetl.utils.checkpoint import load_checkpoint_file
+    from mmpetl.utils import load_checkpoint_file
     path = tmp / 'iter_200.pth'
     path.write_text('<html>404 Not Found</html>')
     load_checkpoint_file(str(path))
@@ -313,7 +313,7 @@ class _Payload:
 
 
 def _pickled_code(tmp):
-    from mmpetl.utils.checkpoint import load_checkpoint_file
+    from mmpetl.utils import load_checkpoint_file
     marker = tmp / 'payload_ran'
     path = tmp / 'iter_200.pth'
     torch.save(dict(state_dict={'w': torch.zeros(2)},
@@ -325,18 +325,18 @@ def _pickled_code(tmp):
 
 
 def _missing_file(tmp):
-    from mmpetl.utils.checkpoint import load_checkpoint_file
+    from mmpetl.utils import load_checkpoint_file
     load_checkpoint_file(str(tmp / 'iter_2000.pth'))
 
 
 def _full_as_tuner(tmp):
-    from mmpetl.utils.checkpoint import apply_tuner_checkpoint
+    from mmpetl.checkpoints import apply_tuner_checkpoint
     path = _small_file(tmp)
     apply_tuner_checkpoint(str(path), str(path))
 
 
 def _other_base(tmp, change):
-    from mmpetl.utils.checkpoint import apply_tuner_checkpoint
+    from mmpetl.checkpoints import apply_tuner_checkpoint
     base = _base(tmp)
     tuner = _tuner(tmp, base)
     state = torch.load(base)['state_dict']
@@ -428,7 +428,7 @@ CHECKPOINT_CASES = [
 def _non_finite_loss(tmp):
     from mmpetl.engine.hooks import NonFiniteLossHook
     runner = SimpleNamespace(
-        iter=41, message_hub=SimpleNamespace(
+        iter=41, rank=0, message_hub=SimpleNamespace(
             get_info=lambda key: 'work_dirs/et/iter_40.pth'))
     outputs = dict(loss_cls=torch.tensor(float('nan')),
                    loss_bbox=torch.tensor(0.25),
@@ -476,8 +476,9 @@ TRAINING_CASES = [
     Case('non-finite-loss', 'training',
          'a NaN loss (lr too high, bad data) at iteration 42',
          _non_finite_loss, NonFiniteLossError,
-         r"non-finite loss at iteration 42: \{'loss_cls': nan, 'loss': "
-         r"nan\}.*last checkpoint is work_dirs/et/iter_40\.pth"),
+         r"non-finite loss at iteration 42 on rank\(s\) \[0\]; on this rank "
+         r"\(0\): \{'loss_cls': nan, 'loss': nan\}.*last checkpoint is "
+         r"work_dirs/et/iter_40\.pth"),
     Case('frozen-moved', 'training',
          'a frozen weight changed during training (weight decay on a '
          'frozen tensor)', _frozen_moved, FrozenParamsChanged,

@@ -134,7 +134,7 @@ def test_mismatched_base_is_refused_by_test_tool(setup):
 
 DUMP_CONFIG = """
 _base_ = '{et}'
-custom_imports = dict(imports=['mmpetl', 'tests.dist_dump_hook'],
+custom_imports = dict(imports=['mmpetl', 'tests.dist_hooks'],
                       allow_failed_imports=False)
 custom_hooks = _base_.custom_hooks + [
     dict(type='mmpetl.DumpTrainableHook', out_dir='{out}')]
@@ -225,6 +225,69 @@ def test_two_processes_update_like_one_with_the_joint_batch(
     for step in log_one:
         assert log_one[step]['grad_norm'] == pytest.approx(
             log_two[step]['grad_norm'], rel=1e-5), step
+
+
+BITFIT_CONFIG = """
+_base_ = '{et}'
+model = dict(tuners=[], trainable=['bbox_head', 'bias'])
+custom_imports = dict(imports=['mmpetl', 'tests.dist_hooks'],
+                      allow_failed_imports=False)
+custom_hooks = _base_.custom_hooks + [
+    dict(type='mmpetl.DumpTrainableHook', out_dir='{out}')]
+"""
+
+
+def test_bitfit_in_frozen_stages_trains_under_ddp(setup, tmp_path):
+    """BitFit on the demo's MobileNetV2 (frozen_stages=13, re-frozen in
+    every train() call) with 2 gloo processes for 3 iterations: the biases
+    of the frozen stages stay trainable, so DDP gets their gradients
+    (before the fix: "Expected to have finished reduction" at iteration 2)
+    and they move, identically on both ranks."""
+    cfg = tmp_path / 'bitfit.py'
+    cfg.write_text(BITFIT_CONFIG.format(et=ET, out=tmp_path))
+    env = dict(os.environ, PORT='29519', OMP_NUM_THREADS='1')
+    ok(run(['bash', 'tools/dist_train.sh', cfg, 2, '--work-dir',
+            tmp_path / 'work'] +
+           dist_options(setup['data'], setup['base'], batch=1), env=env))
+    ranks = [torch.load(tmp_path / f'trainable_rank{r}.pth') for r in (0, 1)]
+    start = torch.load(setup['base'], weights_only=True)['state_dict']
+    frozen_stage = [k for k in ranks[0]
+                    if k.startswith('backbone.features.0.')]
+    assert frozen_stage  # the stem's BatchNorm bias
+    for key in frozen_stage:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+        assert not torch.equal(ranks[0][key], start[key]), key
+
+
+NAN_CONFIG = """
+_base_ = '{et}'
+custom_imports = dict(imports=['mmpetl', 'tests.dist_hooks'],
+                      allow_failed_imports=False)
+custom_hooks = _base_.custom_hooks + [
+    dict(type='mmpetl.NaNOnOneRankHook', rank=1, at_iter=1)]
+"""
+
+
+def test_nan_on_one_rank_stops_every_rank_before_the_checkpoint(
+        setup, tmp_path):
+    """Rank 1's loss is NaN at iteration 2 (rank 0's is finite, but the
+    all-reduced gradients are not): both ranks stop with the same error
+    and rank 0 does not write iteration 2's checkpoint."""
+    cfg = tmp_path / 'nan.py'
+    cfg.write_text(NAN_CONFIG.format(et=ET))
+    env = dict(os.environ, PORT='29521', OMP_NUM_THREADS='1')
+    work = tmp_path / 'work'
+    proc = run(['bash', 'tools/dist_train.sh', cfg, 2, '--work-dir', work] +
+               dist_options(setup['data'], setup['base'], batch=1) +
+               ['default_hooks.checkpoint.interval=1'], env=env,
+               timeout=600)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert err.count('non-finite loss at iteration 2 on rank(s) [1]') >= 2, \
+        err[-6000:]
+    assert 'this rank (0) was finite' in err
+    assert (work / 'iter_1.pth').exists()
+    assert not (work / 'iter_2.pth').exists()
 
 
 KILL_CONFIG = """

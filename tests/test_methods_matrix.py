@@ -97,7 +97,7 @@ def unipt_count(model, arch):
 # name: (tuners, parallel, extra trainable, exact at init, closed form)
 METHODS = {
     'heads_only': ([], None, [], True, lambda m, a: 0),
-    'bitfit': ([], None, [r'.*\.bias'], True,
+    'bitfit': ([], None, ['bias'], True,
                lambda m, a: bias_count(m, 'head' if a == 'vit' else
                                        'bbox_head')),
     'adapter': ([dict(type='ParallelAdapter', presets=['ffn'],

@@ -46,11 +46,9 @@ def parse_args():
 
 def build_cfg(args):
     cfg = load_config(args)
-    if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    if args.amp:  # dynamic loss scaling for fp16, none for bf16
+        cfg.optim_wrapper.type = 'mmpetl.AmpOptimWrapper'
         cfg.optim_wrapper.dtype = args.amp_dtype
-        if args.amp_dtype == 'float16':
-            cfg.optim_wrapper.loss_scale = 'dynamic'
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None

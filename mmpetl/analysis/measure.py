@@ -208,25 +208,21 @@ def _serialized_mib(obj) -> float:
 
 
 def deploy(model: nn.Module) -> Dict:
-    """Merge what can be merged for deployment (LoRA into the weights,
-    prefix re-parametrisations folded) and count the parameters the
-    deployed model still needs."""
-    from mmpetl.tuners import LoRAFusedAttention, LoRALinear, ScaledPrefix
-    merged, folded = 0, 0
-    dropped = set()
-    for module in model.modules():
-        if isinstance(module, (LoRALinear, LoRAFusedAttention)):
-            module.merge()
-            merged += 1
-            dropped |= {id(p) for p in module.parameters()}
-        elif isinstance(module, ScaledPrefix):
-            if module.reparam_hidden is not None:
-                module.fold_reparam()
-                folded += 1
+    """Merge what can be merged for deployment
+    (:meth:`~mmpetl.models.PETLModel.merge_for_deploy`: LoRA into the
+    weights, prefix re-parametrisations folded) and count the parameters
+    the deployed model still needs."""
+    if not hasattr(model, 'merge_for_deploy'):  # a vanilla model
+        return dict(deploy_params=sum(p.numel() for p in model.parameters()),
+                    lora_merged=0, prefix_folded=0)
+    report = model.merge_for_deploy()
+    tuners = dict(model.tuner_modules())
+    dropped = {id(p) for name in report['merged']
+               for p in tuners[name].parameters()}
     params = sum(p.numel() for p in model.parameters()
                  if id(p) not in dropped)
-    return dict(deploy_params=params, lora_merged=merged,
-                prefix_folded=folded)
+    return dict(deploy_params=params, lora_merged=len(report['merged']),
+                prefix_folded=len(report['folded']))
 
 
 def _task_of(model: nn.Module) -> str:
@@ -251,13 +247,13 @@ def build_base_model(cfg, device: torch.device,
     model_cfg = cfg.model
     if not str(model_cfg.get('type', '')).endswith('PETLModel'):
         return None
-    from mmpetl.models.petl_model import (_quiet_init_weights,
-                                          build_inner_model)
+    from mmpetl.models import build_inner_model
+    from mmpetl.utils import quiet_init_weights
     inner = dict(model_cfg['model'])
     if model_cfg.get('data_preprocessor') is not None:
         inner.setdefault('data_preprocessor', model_cfg['data_preprocessor'])
     base = build_inner_model(inner, model_cfg.get('scope'))
-    _quiet_init_weights(base)
+    quiet_init_weights(base)
     if weights_from is not None:
         own = base.state_dict()
         shared = {k: v for k, v in weights_from.state_dict().items()
@@ -275,11 +271,9 @@ def build_model_and_optim(cfg, device: torch.device, amp: Optional[str]):
         model.init_weights()  # a vanilla model (full fine-tuning configs)
     model.to(device)
     optim_cfg = cfg.optim_wrapper.copy()
-    if amp:
-        optim_cfg['type'] = 'AmpOptimWrapper'
+    if amp:  # as tools/train.py --amp: no loss scaling for bf16
+        optim_cfg['type'] = 'mmpetl.AmpOptimWrapper'
         optim_cfg['dtype'] = amp
-        if amp == 'float16':
-            optim_cfg['loss_scale'] = 'dynamic'
     return model, build_optim_wrapper(model, optim_cfg)
 
 
@@ -288,7 +282,7 @@ def measure_config(cfg, device: str = 'cpu', batch: int = 1,
                    warmup: int = 2, iters: int = 5, infer_iters: int = 5,
                    profile_steps: int = 3) -> Dict:
     """Every number of one benchmark row (see the module docstring)."""
-    from mmpetl.utils.checkpoint import tuner_checkpoint
+    from mmpetl.checkpoints import tuner_checkpoint
     dev = torch.device(device)
     cuda = dev.type == 'cuda'
     if amp and not cuda:

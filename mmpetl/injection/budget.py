@@ -18,7 +18,7 @@ from typing import List, Sequence
 import torch.nn as nn
 
 from mmpetl.tuners import ParallelAdapter, ScaledPrefix
-from mmpetl.tuners.adapter import host_width
+from mmpetl.tuners.common import host_width
 from mmpetl.tuners.prefix import embed_dims_of
 from .matching import name_matches
 from .presets import detect_arch, preset_regex

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from mmpetl.registry import TUNERS
 from mmpetl.tuners import BaseTuner
+from mmpetl.utils import class_names
 from .matching import name_matches, nearest_names, select_names
 from .presets import detect_arch, preset_regex
 
@@ -80,9 +81,8 @@ def _check_args(cls, type_name: str, args: Dict) -> None:
 
 
 def _type_matches(module: nn.Module, target_types: Sequence[str]) -> bool:
-    mro = [c.__name__ for c in type(module).__mro__]
-    qual = [f'{c.__module__}.{c.__name__}' for c in type(module).__mro__]
-    return any(t in mro or t in qual for t in target_types)
+    names = class_names(module) + class_names(module, qualified=True)
+    return any(t in names for t in target_types)
 
 
 def inject(model: nn.Module, tuner_cfgs: Sequence[Dict],

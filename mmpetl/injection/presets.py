@@ -28,9 +28,11 @@ In Deformable DETR the encoder self-attention and decoder cross-attention
 are MMCV ``MultiScaleDeformableAttention``; the rest are MMCV
 ``MultiheadAttention`` wrapping torch's.
 """
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import torch.nn as nn
+
+from mmpetl.utils import class_names
 
 __all__ = ['PRESETS', 'detect_arch', 'preset_regex']
 
@@ -70,24 +72,20 @@ PRESETS: Dict[str, Dict[str, str]] = {
 }
 
 
-def _class_names(module: nn.Module) -> List[str]:
-    return [c.__name__ for c in type(module).__mro__]
-
-
 def detect_arch(model: nn.Module) -> str:
     """``'detr'``, ``'deformable_detr'`` or ``'vit'`` for a built model.
 
     Raises:
         ValueError: for other models (then use explicit ``targets``).
     """
-    names = _class_names(model)
+    names = class_names(model)
     if 'DeformableDETR' in names:
         return 'deformable_detr'
     if 'DETR' in names or 'ConditionalDETR' in names or \
             'DABDETR' in names:
         return 'detr'
     backbone = getattr(model, 'backbone', None)
-    if backbone is not None and 'VisionTransformer' in _class_names(
+    if backbone is not None and 'VisionTransformer' in class_names(
             backbone):
         return 'vit'
     raise ValueError(

@@ -27,7 +27,6 @@ in DDP. Methods and attributes it does not define are looked up on the
 inner model (``model.with_box_refine``, ``model.predict``...).
 """
 import copy
-import logging
 from importlib import import_module
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -38,10 +37,12 @@ from mmengine.registry import DefaultScope
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmpetl.injection import (InjectedTuner, count_trainable, get_tuner_cls,
-                              inject, name_matches, nearest_names)
+from mmpetl.injection import (InjectedTuner, Targets, count_trainable, inject,
+                              select_parameters)
 from mmpetl.registry import MODELS
 from mmpetl.tuners import BaseTuner
+from mmpetl.utils import quiet_init_weights
+from .parallel import attach_parallel, check_parallel_trainable
 
 __all__ = ['PETLModel', 'build_inner_model']
 
@@ -91,6 +92,13 @@ def _as_list(value) -> List:
     return [value] if isinstance(value, (str, dict)) else list(value)
 
 
+def _as_targets(value) -> Targets:
+    """``trainable`` as given: a regex string, or a list of names."""
+    if value is None:
+        return []
+    return value if isinstance(value, str) else list(value)
+
+
 @MODELS.register_module()
 class PETLModel(BaseModel):
     """Freeze an MMDetection/MMPretrain model and train injected tuners.
@@ -99,9 +107,14 @@ class PETLModel(BaseModel):
         model (dict): config of the inner model (a detector or classifier).
         tuners (list[dict]): tuner configs, see :func:`mmpetl.injection.inject`.
         trainable (str | list[str]): base-model parts that train too (e.g.
-            the heads): a string is a full-name regex, list items match
-            module or parameter names exactly or as dotted suffixes. Each
-            item must match something.
+            the heads). The rule of :mod:`mmpetl.injection.matching`: a
+            string is a regex that must match a whole module or parameter
+            name (``r'.*\.bias'``); a list holds names matched exactly or
+            as dotted suffixes (``['bbox_head', 'bias']``). A parameter
+            trains when its name or a module containing it matches. Each
+            list item (or the regex) must match something. This set stays
+            trainable: backbones whose ``train()`` re-freezes their
+            ``frozen_stages`` do not take parameters out of it.
         arch (str, optional): architecture for presets; detected if None.
         scope (str, optional): ``'mmdet'`` or ``'mmpretrain'`` for the inner
             model; inferred if None.
@@ -130,10 +143,10 @@ class PETLModel(BaseModel):
             model = dict(model)
             model.setdefault('data_preprocessor', data_preprocessor)
         inner = build_inner_model(model, scope)
-        _quiet_init_weights(inner)
+        quiet_init_weights(inner)
         records = inject(inner, _as_list(tuners), arch)
         if parallel is not None:
-            records.append(_attach_parallel(inner, parallel))
+            records.append(attach_parallel(inner, parallel))
         super().__init__(init_cfg=init_cfg)
         self._share_inner_members(inner)
         # set last: attribute lookups fall back to `inner` (see __getattr__)
@@ -142,10 +155,10 @@ class PETLModel(BaseModel):
         self.injected: List[InjectedTuner] = records
         self.tuner_cfgs = [_plain(c) for c in _as_list(tuners) +
                            _as_list(parallel)]  # all recorded in checkpoints
-        self.trainable_patterns = _as_list(trainable)
+        self.trainable_patterns = _as_targets(trainable)
         self._freeze(self.trainable_patterns)
         if parallel is not None:  # e.g. UniPT: only it and the heads train
-            records[-1].tuner.check_trainable(self)
+            check_parallel_trainable(self, records[-1].tuner)
         self.register_load_state_dict_post_hook(_report_missing_tuner_keys)
         tuner_params = sum(r.num_params for r in records)
         trainable, total = count_trainable(self)
@@ -196,33 +209,37 @@ class PETLModel(BaseModel):
         return {id(p) for _, t in self.tuner_modules()
                 for p in t.parameters()}
 
-    def _freeze(self, patterns: Sequence[str]) -> None:
-        keep = self.tuner_parameter_ids()
-        modules = dict(self.named_modules())
-        params = dict(self.named_parameters())
-        for pattern in patterns:
-            hits = [m for n, m in modules.items() if n and
-                    name_matches(n, [pattern] if not _is_regex(pattern)
-                                 else pattern)]
-            hits_p = [p for n, p in params.items() if name_matches(
-                n, [pattern] if not _is_regex(pattern) else pattern)]
-            if not hits and not hits_p:
-                raise ValueError(
-                    f'trainable pattern {pattern!r} matches no module or '
-                    f'parameter. Nearest names: '
-                    f'{nearest_names(pattern, list(modules) + list(params))}')
-            keep |= {id(p) for m in hits for p in m.parameters()}
-            keep |= {id(p) for p in hits_p}
-        for param in self.parameters():
-            param.requires_grad = id(param) in keep
+    def _freeze(self, patterns: Targets) -> None:
+        """Freeze all but the tuners and what ``patterns`` select."""
+        names = [n for n, _ in self.named_parameters()]
+        keep = set(select_parameters(names, patterns)) if patterns else set()
+        tuner_ids = self.tuner_parameter_ids()
+        keep |= {n for n, p in self.named_parameters() if id(p) in tuner_ids}
         if not keep:
             raise ValueError(
                 'PETLModel has no trainable parameter: add `tuners` or '
                 '`trainable` patterns.')
+        self.trainable_names = frozenset(keep)
+        self._apply_trainable()
+
+    def _apply_trainable(self) -> None:
+        for name, param in self.named_parameters():
+            param.requires_grad = name in self.trainable_names
 
     def train(self, mode: bool = True) -> 'PETLModel':
+        """Set the mode, keeping the trainable set as built.
+
+        Backbones with ``frozen_stages`` (mmdet's ResNet, the demo's
+        MobileNetV2...) set ``requires_grad=False`` on those stages inside
+        every ``train()`` call. A parameter that ``trainable`` selected
+        (BitFit's biases in a frozen stage, say) stays trainable here:
+        otherwise the parameter report would list it, DDP would wait for its
+        gradient and the optimizer would step it no more. BatchNorm layers
+        without trainable parameters stay in eval mode (``freeze_bn``).
+        """
         super().train(mode)
         self.inner.training = mode
+        self._apply_trainable()
         if mode and self.freeze_bn:
             for module in self.modules():
                 if isinstance(module, _BatchNorm) and not any(
@@ -247,39 +264,32 @@ class PETLModel(BaseModel):
             if id(v) in trainable or _is_tuner_key(k, self)
         }
 
+    # -- deployment ----------------------------------------------------------
+    def merge_for_deploy(self) -> Dict[str, List[str]]:
+        """Fold every tuner that can be folded, for inference.
 
-def _quiet_init_weights(model: nn.Module) -> None:
-    """``init_weights()``; MMEngine logs one line per parameter to the
-    console when the logger has no file: keep those for log files only."""
-    logger = MMLogger.get_current_instance()
-    to_file = any(isinstance(h, logging.FileHandler) for h in logger.handlers)
-    level = logger.level
-    if not to_file:
-        logger.setLevel(logging.WARNING)
-    try:
-        model.init_weights()
-    finally:
-        logger.setLevel(level)
+        LoRA is added into its host's frozen weight (no extra latency) and
+        prefix MLP re-parametrisations are replaced by the prefixes they
+        produce. Outputs do not change. :meth:`unmerge` takes LoRA out of
+        the weights again (the base stays bit-identical only up to float
+        rounding; keep a copy where that matters).
 
+        Returns:
+            dict: tuner names ``merged`` into host weights, ``folded``
+            re-parametrisations, and ``unmerged``: tuners that still add
+            computation beside the base model.
+        """
+        report = dict(merged=[], folded=[], unmerged=[])
+        for name, tuner in self.tuner_modules():
+            if tuner.fold_reparam():
+                report['folded'].append(name)
+            report['merged' if tuner.merge() else 'unmerged'].append(name)
+        return report
 
-def _attach_parallel(model: nn.Module, cfg: Dict) -> InjectedTuner:
-    """Build a parallel network (e.g. UniPT) and attach it to ``model``."""
-    cfg = dict(cfg)
-    type_name = cfg.pop('type', None)
-    cls = get_tuner_cls(type_name)
-    if not getattr(cls, 'is_parallel_network', False):
-        raise TypeError(
-            f'`parallel` takes a network beside the whole model (UniPT); '
-            f'{type_name} attaches to modules: list it in `tuners`.')
-    lr_mult, decay_mult = cfg.pop('lr_mult', 1.0), cfg.pop('decay_mult', 1.0)
-    tuner = cls.from_host(model, **cfg)
-    tuner.lr_mult, tuner.decay_mult = float(lr_mult), float(decay_mult)
-    tuner.attach(model)
-    return InjectedTuner('(model)', type(model).__name__, type_name, tuner)
-
-
-def _is_regex(pattern: str) -> bool:
-    return any(c in pattern for c in '\\*+?[]()|^$')
+    def unmerge(self) -> None:
+        """Take merged LoRA out of the host weights (training again)."""
+        for _, tuner in self.tuner_modules():
+            tuner.unmerge()
 
 
 def _is_tuner_key(key: str, model: PETLModel) -> bool:

@@ -16,30 +16,10 @@ import torch.nn as nn
 from mmcv.cnn.bricks.transformer import FFN
 
 from mmpetl.registry import TUNERS
-from .base import BaseTuner, TunerHostError
+from .base import BaseTuner
+from .common import build_activation, check_positive_int, host_width
 
-__all__ = ['ParallelAdapter', 'check_positive_int', 'host_width']
-
-
-def check_positive_int(name: str, value, tuner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f'{tuner}: `{name}` must be a positive int, got {value!r}. '
-            f'Set e.g. `{name}=8` in the tuner config.')
-    return value
-
-
-def host_width(host: nn.Module) -> int:
-    """Feature width d of a module that maps d -> d."""
-    if isinstance(host, FFN):
-        return host.embed_dims
-    if isinstance(host, nn.Linear):
-        if host.in_features != host.out_features:
-            raise TunerHostError(
-                f'a parallel adapter needs a d -> d module; this Linear maps '
-                f'{host.in_features} -> {host.out_features}.')
-        return host.in_features
-    raise TunerHostError(f'cannot read the width of {type(host).__name__}')
+__all__ = ['ParallelAdapter', 'AdapterBranch']
 
 
 class AdapterBranch(nn.Module):
@@ -50,8 +30,7 @@ class AdapterBranch(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dims) if layer_norm else nn.Identity()
         self.down = nn.Linear(dims, bottleneck)
-        self.act = {'relu': nn.ReLU, 'gelu': nn.GELU,
-                    'silu': nn.SiLU}[act]()
+        self.act = build_activation(act, 'adapter')
         self.dropout = nn.Dropout(dropout)
         self.up = nn.Linear(bottleneck, dims)
         # LoRA-style init: a random down projection, zero up projection

@@ -43,6 +43,9 @@ class BaseTuner(nn.Module, metaclass=ABCMeta):
 
     attr_name: str = 'tuner'
     host_types: Tuple[type, ...] = ()
+    #: names of parameters that are learned tokens (prefixes, prompts):
+    #: the PETL optimizer constructor exempts them from weight decay
+    token_params: Tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -103,6 +106,24 @@ class BaseTuner(nn.Module, metaclass=ABCMeta):
             self.scale = nn.Parameter(tensor)
         else:
             self.register_buffer('scale', tensor)
+
+    # -- deployment -------------------------------------------------------
+    def merge(self) -> bool:
+        """Fold this tuner into its host's frozen weights for inference.
+
+        Returns:
+            bool: True when the tuner now adds no computation (LoRA); the
+            default tuner cannot merge and returns False.
+        """
+        return False
+
+    def unmerge(self) -> None:
+        """Undo :meth:`merge` (nothing to undo by default)."""
+
+    def fold_reparam(self) -> bool:
+        """Replace a training-time re-parametrisation by what it produces
+        (same outputs, fewer parameters). Returns True if it folded."""
+        return False
 
     # -- reporting --------------------------------------------------------
     def num_train_params(self) -> int:

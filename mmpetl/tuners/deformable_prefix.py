@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .adapter import check_positive_int
+from .common import check_positive_int
 from .base import BaseTuner
 
 __all__ = ['DeformablePrefix']
@@ -38,6 +38,8 @@ class DeformablePrefix(BaseTuner):
     """
 
     attr_name = 'prefix'
+    #: learned tokens (no weight decay by default, see the optimizer)
+    token_params = ('prefix_k', 'prefix_v')
 
     def __init__(self, dims: int, num_heads: int, num_prefix: int = 50,
                  init_std: float = 0.02) -> None:

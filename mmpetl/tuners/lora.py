@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from mmcv.cnn.bricks.transformer import FFN
 
 from mmpetl.registry import TUNERS
-from .adapter import check_positive_int
+from .common import check_positive_int
 from .attention import (install_tuned_forward, mmcv_attention_type,
                         msda_type, vit_attention_type)
 from .base import BaseTuner, TunerHostError
@@ -88,11 +88,12 @@ class LoRALinear(_LoRAMixin, BaseTuner):
         return output + self.low_rank(args[0], self.lora_B)
 
     @torch.no_grad()
-    def merge(self) -> None:
+    def merge(self) -> bool:
         if not self.merged:
             self._host[0].weight += self.delta_weight().to(
                 self._host[0].weight.dtype)
             self.merged = True
+        return True
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -134,11 +135,12 @@ class LoRAFusedAttention(_LoRAMixin, BaseTuner):
                 self.low_rank(value, b_v))
 
     @torch.no_grad()
-    def merge(self) -> None:
+    def merge(self) -> bool:
         if not self.merged:
             w = self._host[0].in_proj_weight
             w += self.delta_weight().to(w.dtype)
             self.merged = True
+        return True
 
     @torch.no_grad()
     def unmerge(self) -> None:

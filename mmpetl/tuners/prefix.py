@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from mmpetl.registry import TUNERS
-from .adapter import check_positive_int
+from .common import check_positive_int
 from .attention import (install_tuned_forward, mmcv_attention_type,
                         msda_type, vit_attention_type)
 from .base import BaseTuner, TunerHostError
@@ -72,6 +72,8 @@ class ScaledPrefix(BaseTuner):
     """
 
     attr_name = 'prefix'
+    #: learned tokens (no weight decay by default, see the optimizer)
+    token_params = ('prefix_k', 'prefix_v', 'embedding')
 
     def __init__(self, dims: int, num_heads: int, num_prefix: int = 50,
                  scale: float = 1.0, learnable_scale: bool = True,
@@ -129,16 +131,17 @@ class ScaledPrefix(BaseTuner):
         return p_k, self.scale * p_v
 
     @torch.no_grad()
-    def fold_reparam(self) -> None:
+    def fold_reparam(self) -> bool:
         """For deployment: replace the embedding + MLP by the prefixes
         they produce (``2*l*d`` direct parameters); outputs are unchanged."""
         if self.reparam_hidden is None:
-            return
+            return False
         p_k, p_v = self.reparam(self.embedding).chunk(2, dim=-1)
         del self.embedding, self.reparam
         self.prefix_k = nn.Parameter(p_k.clone())
         self.prefix_v = nn.Parameter(p_v.clone())
         self.reparam_hidden = None
+        return True
 
     def num_deploy_params(self) -> int:
         return 2 * self.num_prefix * self.dims + int(

@@ -22,7 +22,8 @@ import torch.nn as nn
 from mmcv.cnn.bricks.transformer import FFN
 
 from mmpetl.registry import TUNERS
-from .adapter import AdapterBranch, check_positive_int
+from .adapter import AdapterBranch
+from .common import check_positive_int
 from .attention import mmcv_attention_type, msda_type, vit_attention_type
 from .base import BaseTuner, TunerHostError
 

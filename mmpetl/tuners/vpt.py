@@ -23,15 +23,16 @@ import torch
 import torch.nn as nn
 
 from mmpetl.registry import TUNERS
-from .adapter import check_positive_int
+from mmpetl.utils import class_names
+from .common import check_positive_int
 from .base import BaseTuner, TunerHostError
 
 __all__ = ['VPT']
 
 
 def _is_vit(module: nn.Module) -> bool:
-    return any(c.__name__ == 'VisionTransformer'
-               for c in type(module).__mro__) and hasattr(module, 'layers')
+    return 'VisionTransformer' in class_names(module) and hasattr(
+        module, 'layers')
 
 
 @TUNERS.register_module()
@@ -48,6 +49,8 @@ class VPT(BaseTuner):
     """
 
     attr_name = 'vpt'
+    #: learned tokens (no weight decay by default, see the optimizer)
+    token_params = ('prompts', )
 
     def __init__(self, dims: int, num_layers: int, num_prompts: int = 10,
                  deep: bool = True, patch_size: int = 16,

@@ -1,4 +1,8 @@
-"""Safe loading of MMEngine checkpoints under torch's ``weights_only=True``.
+"""Safe loading of checkpoints under torch's ``weights_only=True``.
+
+:func:`load_checkpoint_file` is how mmpetl reads every checkpoint: torch's
+safe loader, and an error that names the file and the reason (missing,
+truncated, corrupt, or carrying pickled code, which is never run).
 
 Since torch 2.6 ``torch.load`` only unpickles tensors and allow-listed
 classes by default, and MMEngine 0.10.7's ``--resume`` of its own
@@ -14,12 +18,19 @@ mmpetl fixes this narrowly, and safe loading stays on:
   which ``HistoryBuffer.__setstate__`` re-registers on load anyway (methods
   a user registered are still written, as before).
 """
-from typing import List
+import os
+import re
+from typing import Dict, List
 
 import numpy as np
 import torch
 
-__all__ = ['mmengine_checkpoint_globals', 'allow_mmengine_checkpoints']
+__all__ = ['mmengine_checkpoint_globals', 'allow_mmengine_checkpoints',
+           'CheckpointError', 'load_checkpoint_file']
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used; the message says why."""
 
 _DEFAULT_STATISTICS = ('min', 'max', 'current', 'mean')
 
@@ -56,3 +67,47 @@ def allow_mmengine_checkpoints() -> None:
     add = getattr(torch.serialization, 'add_safe_globals', None)
     if add is not None:
         add(mmengine_checkpoint_globals())
+
+
+def _torch_reason(err: Exception) -> str:
+    """The informative part of torch.load's error, without its advice
+    (torch's weights-only message suggests ``weights_only=False``)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if lines and lines[0].startswith('Weights only load failed'):
+        keep = [line.split('WeightsUnpickler error:')[-1].strip()
+                for line in lines[1:]
+                if not line.startswith('Check the documentation')]
+        text = ' '.join(k for k in keep if k) or 'weights-only load failed'
+    else:
+        text = lines[0].split('. ')[0] if lines else ''
+    return text[:200]
+
+
+def load_checkpoint_file(path: str) -> Dict:
+    """Load a checkpoint with torch's safe loader and a clear error."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # corrupt, truncated, or unsafe content
+        found = re.search(r'GLOBAL ([\w.]+)', str(err))
+        if found:  # the unpickler refused a callable/class before running it
+            raise CheckpointError(
+                f'refused to load {path}: unpickling it would call or '
+                f'create `{found.group(1)}`, which safe loading (torch.load '
+                f'weights_only=True) does not allow. The file carries '
+                f'pickled code or objects of a class that is not '
+                f'allow-listed; mmpetl never unpickles code, and nothing '
+                f'from the file was run. Use a checkpoint that holds only '
+                f'tensors and plain containers (re-save its state_dict where '
+                f'you trust its source).') from err
+        raise CheckpointError(
+            f'cannot load {path} with safe loading ({type(err).__name__}: '
+            f'{_torch_reason(err)}). The file is truncated, '
+            f'corrupt, not a torch checkpoint, or carries pickled code; '
+            f'mmpetl never unpickles code. Re-download or re-save it.'
+        ) from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f'{path} holds a {type(ckpt).__name__}, not a '
+                              f'checkpoint dict')
+    return ckpt

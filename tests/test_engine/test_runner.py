@@ -175,7 +175,8 @@ def test_non_finite_loss_stops_before_checkpointing(tmp_path, base_checkpoint):
 
     model.forward = forward
     with pytest.raises(NonFiniteLossError,
-                       match=r'iteration 4: .*loss_cls.*iter_2\.pth'):
+                       match=r'iteration 4 on rank\(s\) \[0\]; .*loss_cls.*'
+                       r'iter_2\.pth'):
         runner.train()
     assert (tmp_path / 'iter_2.pth').exists()
     assert not (tmp_path / 'iter_4.pth').exists()
@@ -185,7 +186,8 @@ def test_non_finite_loss_stops_before_checkpointing(tmp_path, base_checkpoint):
 
 
 def test_tuner_checkpoints_as_safetensors(tmp_path, base_checkpoint):
-    from mmpetl.utils.checkpoint import load_tuner_checkpoint, sha256_file
+    from mmpetl.checkpoints import load_tuner_checkpoint
+    from mmpetl.utils import sha256_file
     runner = runner_for(tmp_path, 2, load_from=str(base_checkpoint))
     runner.register_hook(dict(type='mmpetl.TunerCheckpointHook',
                               file_format='safetensors'))

@@ -159,7 +159,7 @@ def test_first_layer_utuner_is_10x_smaller_than_dual():
 def test_bitfit_trains_exactly_the_biases_and_heads():
     cfg = SMALL_CFGS['detr']()
     petl = PETLModel(model=cfg, tuners=[],
-                     trainable=['bbox_head', r'.*\.bias'])
+                     trainable=['bbox_head', 'bias'])
     head = {id(p) for p in petl.bbox_head.parameters()}
     for name, p in petl.named_parameters():
         assert p.requires_grad == (name.endswith('.bias') or id(p) in head)
@@ -179,3 +179,40 @@ def test_vpt_on_vit_and_its_refusal_on_detr():
     with pytest.raises(TypeError, match='VPT cannot tune `backbone`.*'
                        'ScaledPrefix'):
         build_pair('detr', [dict(type='VPT', presets=['backbone'])])
+
+
+def test_train_keeps_a_trainable_set_that_frozen_stages_would_undo():
+    """ResNet's `frozen_stages` re-freezes its stem and first stage in
+    every train() call; BitFit's biases there must stay trainable (else the
+    report states more than the optimizer steps and DDP waits for their
+    gradients)."""
+    cfg = SMALL_CFGS['deformable_detr']()
+    assert cfg['backbone']['frozen_stages'] == 1
+    petl = PETLModel(model=cfg, trainable=['bbox_head', 'bias'])
+    built = {n for n, p in petl.named_parameters() if p.requires_grad}
+    stem_bn = 'backbone.bn1.bias'
+    assert stem_bn in built and 'backbone.layer1.0.bn1.bias' in built
+    for _ in range(2):
+        petl.train()
+        assert {n for n, p in petl.named_parameters()
+                if p.requires_grad} == built
+        petl.eval()
+    # frozen-stage BatchNorms stay in eval mode (running stats kept)
+    petl.train()
+    assert not petl.backbone.bn1.training
+
+
+def test_trainable_follows_the_matching_rule():
+    """A string is a full-name regex, a list holds exact names or dotted
+    suffixes (injection.matching); each must select something."""
+    cfg = SMALL_CFGS['detr']()
+    by_list = PETLModel(model=cfg, trainable=['bbox_head', 'bias'])
+    by_regex = PETLModel(model=cfg, trainable=r'bbox_head|.*\.bias')
+    assert by_list.trainable_names == by_regex.trainable_names
+    assert 'encoder.layers.0.ffn.layers.1.bias' in by_list.trainable_names
+    assert 'bbox_head.fc_cls.weight' in by_list.trainable_names
+    # a list item is a name, not a regex: '.*bias' matches nothing
+    with pytest.raises(ValueError, match=r"trainable name.*'\.\*bias'"):
+        PETLModel(model=cfg, trainable=['bbox_head', '.*bias'])
+    with pytest.raises(ValueError, match='trainable regex'):
+        PETLModel(model=cfg, trainable='bbox_heads')

@@ -255,3 +255,6 @@ def test_refusals():
         PETLModel(model=small_deformable_cfg(with_box_refine=True,
                                              as_two_stage=True),
                   parallel=UNIPT)
+    from mmpetl.models.parallel import attach_parallel
+    with pytest.raises(TunerHostError, match='cannot tune a Linear'):
+        attach_parallel(torch.nn.Linear(8, 8), UNIPT)

@@ -95,5 +95,5 @@ def test_bad_arguments():
         UniPT(D, L)(torch.zeros(2, B, N, D))
     with pytest.raises(TunerHostError, match='parallel=dict'):
         UniPT.resolve_hosts('encoder', nn.Linear(D, D))
-    with pytest.raises(TunerHostError, match='cannot tune a Linear'):
-        UniPT.from_host(nn.Linear(D, D))
+    with pytest.raises(TunerHostError, match='routes the frozen'):
+        UniPT(D, L).attach(nn.Linear(D, D))

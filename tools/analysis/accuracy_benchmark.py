@@ -35,7 +35,7 @@ METHODS = {
     'full-ft': ('deformable-detr_mnv2_demo-target-full.py', None),
     'heads-only': ('deformable-detr_mnv2_demo-target-heads.py', None),
     'bitfit': (ET_CONFIG, dict(tuners=[],
-                               trainable=['bbox_head', r'.*\.bias'])),
+                               trainable=['bbox_head', 'bias'])),
     'lora': (ET_CONFIG, dict(tuners=[dict(type='LoRA', presets=['attn', 'ffn'],
                                           rank=16, alpha=16)])),
     'serial-adapter': (ET_CONFIG, dict(tuners=[dict(

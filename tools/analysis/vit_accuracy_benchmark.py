@@ -43,7 +43,7 @@ DIMS = 96
 METHODS = {
     'full-ft': None,
     'heads-only': dict(tuners=[]),
-    'bitfit': dict(tuners=[], trainable=['head', r'.*\.bias']),
+    'bitfit': dict(tuners=[], trainable=['head', 'bias']),
     'lora': dict(tuners=[dict(type='LoRA', presets=['attn', 'ffn'], rank=8,
                               alpha=8)]),
     'serial-adapter': dict(tuners=[dict(type='SerialAdapter',

@@ -32,7 +32,8 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from mmpetl.demo.synthetic_coco import make_transfer_dataset  # noqa: E402
-from mmpetl.utils.checkpoint import publish_checkpoint  # noqa: E402
+from mmpetl.checkpoints import publish_checkpoint  # noqa: E402
+from mmpetl.utils import unwrap_model  # noqa: E402
 
 CONFIGS = osp.join(ROOT, 'configs', 'demo')
 SOURCE = 'deformable-detr_mnv2_demo-source.py'
@@ -104,8 +105,7 @@ def stored_per_task(runner, work_dir):
     """``(trainable, total, kind, MiB)`` of a finished run: its parameter
     counts and the file a task keeps (``'tuner'`` checkpoint, or the
     ``'full'`` published model for full fine-tuning)."""
-    model = runner.model.module if hasattr(runner.model,
-                                           'module') else runner.model
+    model = unwrap_model(runner.model)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     last = runner.message_hub.get_info('last_ckpt')

@@ -1,17 +1,18 @@
-"""Base checkpoint + tuner checkpoint -> one full checkpoint.
+"""Base checkpoint + tuner checkpoint -> one full mmpetl checkpoint.
 
     python tools/model_converters/apply_tuner.py BASE.pth TUNER.pth OUT.pth \
-        [--merge-lora] [--force-base]
+        [--force-base]
 
 The tuner checkpoint must have been trained on this base (its sha256 is
-checked; --force-base accepts another base of the same architecture).
---merge-lora folds LoRA into the base weights, so a model with only LoRA
-tuners becomes a vanilla model again (no extra latency).
+checked; --force-base accepts another base of the same architecture). The
+result loads whole into the PETL config the tuners were trained with. For a
+plain MMDetection checkpoint with LoRA merged into the weights, use
+tools/model_converters/export_merged.py.
 """
 import argparse
 
 import mmpetl  # noqa: F401
-from mmpetl.utils.checkpoint import apply_tuner_checkpoint
+from mmpetl.checkpoints import apply_tuner_checkpoint
 
 
 def main():
@@ -19,11 +20,9 @@ def main():
     parser.add_argument('base')
     parser.add_argument('tuner')
     parser.add_argument('out')
-    parser.add_argument('--merge-lora', action='store_true')
     parser.add_argument('--force-base', action='store_true')
     args = parser.parse_args()
     ckpt = apply_tuner_checkpoint(args.base, args.tuner, args.out,
-                                  merge_lora=args.merge_lora,
                                   force=args.force_base)
     print(f'wrote {args.out}: {len(ckpt["state_dict"])} tensors')
 

@@ -11,7 +11,7 @@ import argparse
 import os.path as osp
 
 import mmpetl  # noqa: F401
-from mmpetl.utils.checkpoint import publish_checkpoint
+from mmpetl.checkpoints import publish_checkpoint
 
 
 def main():

@@ -1,4 +1,4 @@
 # BitFit (Ben Zaken et al.): no new modules; every bias of the model trains
-# (a string pattern is a full-name regex over parameter names).
+# (list items are names or dotted suffixes: 'bias' selects every '*.bias').
 tuners = []
-extra_trainable = [r'.*\.bias']
+extra_trainable = ['bias']

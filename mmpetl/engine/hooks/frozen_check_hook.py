@@ -17,9 +17,9 @@ from typing import Dict, List
 
 import torch
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from mmpetl.registry import HOOKS
+from mmpetl.utils import unwrap_model
 
 __all__ = [
     'FrozenCheckHook', 'fingerprint_frozen', 'FrozenParamsChanged',
@@ -64,13 +64,8 @@ class FrozenCheckHook(Hook):
     def __init__(self) -> None:
         self._before: Dict[str, str] = {}
 
-    @staticmethod
-    def _model(runner):
-        return runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
-
     def before_train(self, runner) -> None:
-        model = self._model(runner)
+        model = unwrap_model(runner.model)
         bad = non_finite_tensors(model)
         if bad:
             source = getattr(runner, '_load_from', None) or (
@@ -88,7 +83,7 @@ class FrozenCheckHook(Hook):
                            f'frozen tensors')
 
     def after_train(self, runner) -> None:
-        model = self._model(runner)
+        model = unwrap_model(runner.model)
         named = dict(model.named_parameters())
         moved = [n for n, d in self._before.items()
                  if _digest(named[n]) != d]

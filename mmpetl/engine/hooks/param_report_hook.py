@@ -1,10 +1,10 @@
 """Log, at the start of training, which parameters train and which are frozen."""
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from mmpetl.injection import injection_table, parameter_groups_table
 from mmpetl.ops import msda_backend
 from mmpetl.registry import HOOKS
+from mmpetl.utils import unwrap_model
 
 __all__ = ['ParamReportHook']
 
@@ -17,8 +17,7 @@ class ParamReportHook(Hook):
     priority = 'VERY_LOW'
 
     def before_train(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
+        model = unwrap_model(runner.model)
         if getattr(model, 'injected', None) is not None:
             runner.logger.info('mmpetl: injected tuners\n' +
                                injection_table(model.injected, model))

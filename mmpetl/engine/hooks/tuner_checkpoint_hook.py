@@ -1,25 +1,21 @@
-"""Tuner-only checkpoints beside the regular ones, and loading them back."""
+"""Tuner-only checkpoints beside the regular ones, and loading them back.
+
+In distributed runs the base checkpoint is hashed (and checked) on rank 0
+only; the result, or the error, is broadcast so every rank acts alike.
+"""
 import os.path as osp
 
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
-from mmengine.runner.checkpoint import load_state_dict
 
+from mmpetl.checkpoints import (base_meta, check_base, load_tuner_checkpoint,
+                                load_tuner_state, tuner_checkpoint,
+                                write_tuner_checkpoint)
 from mmpetl.registry import HOOKS
-from mmpetl.utils.checkpoint import (_state_dict_of, check_base,
-                                     check_shapes, keys_hash,
-                                     load_checkpoint_file,
-                                     load_tuner_checkpoint, sha256_file,
-                                     tuner_checkpoint,
-                                     write_tuner_checkpoint)
+from mmpetl.utils import on_rank0, unwrap_model
 
 __all__ = ['TunerCheckpointHook', 'LoadTunerHook']
 
 BASE_META_KEY = 'mmpetl_base_meta'
-
-
-def _unwrap(model):
-    return model.module if is_model_wrapper(model) else model
 
 
 @HOOKS.register_module()
@@ -45,16 +41,14 @@ class TunerCheckpointHook(Hook):
         self._base_meta = None
 
     def before_train(self, runner) -> None:
-        if not hasattr(_unwrap(runner.model), 'tuner_state_dict'):
+        if not hasattr(unwrap_model(runner.model), 'tuner_state_dict'):
             runner.logger.warning(
                 'mmpetl: TunerCheckpointHook does nothing for '
-                f'{type(_unwrap(runner.model)).__name__}: it is not an '
+                f'{type(unwrap_model(runner.model)).__name__}: it is not an '
                 'mmpetl.PETLModel (full fine-tuning saves full checkpoints)')
             self._base_meta = False
             return
         self._last = runner.message_hub.get_info('last_ckpt')
-        meta = dict(base_checkpoint=None, base_sha256=None,
-                    base_keys_hash=None)
         if getattr(runner, '_resume', False):
             # load_from is now None (auto resume) or the checkpoint resumed
             # from, not the base: the base recorded when the run started
@@ -65,21 +59,17 @@ class TunerCheckpointHook(Hook):
                     'mmpetl: the resumed checkpoint does not name the base '
                     'checkpoint: tuner checkpoints will not be tied to a '
                     'base file')
-            self._base_meta = dict(meta, **(resumed or {}))
+            self._base_meta = dict(base_meta(None), **(resumed or {}))
             return
         base = runner._load_from
-        if base and osp.isfile(base):
-            meta = dict(base_checkpoint=osp.basename(base),
-                        base_sha256=sha256_file(base),
-                        base_keys_hash=keys_hash(
-                            _state_dict_of(load_checkpoint_file(base))))
-        else:
+        if not (base and osp.isfile(base)):
             runner.logger.warning(
                 'mmpetl: no base checkpoint (load_from) for this run: tuner '
                 'checkpoints will not be tied to a base file')
-        self._base_meta = meta
+            base = None
+        self._base_meta = on_rank0(lambda: base_meta(base))
         # saved with every checkpoint, restored on resume
-        runner.message_hub.update_info(BASE_META_KEY, meta)
+        runner.message_hub.update_info(BASE_META_KEY, self._base_meta)
 
     def _save_if_new(self, runner, done_iters: int, done_epochs: int) -> None:
         if self._base_meta is False:
@@ -90,7 +80,7 @@ class TunerCheckpointHook(Hook):
             return
         self._last = last
         path = osp.splitext(last)[0] + '_tuner.' + self.file_format
-        ckpt = tuner_checkpoint(_unwrap(runner.model),
+        ckpt = tuner_checkpoint(unwrap_model(runner.model),
                                 extra_meta=dict(self._base_meta,
                                                 iter=done_iters,
                                                 epoch=done_epochs))
@@ -117,7 +107,8 @@ class LoadTunerHook(Hook):
 
     ``load_from`` gives the base; this hook (added by ``tools/test.py
     --tuner``, or in a config) then loads the tuner tensors, after checking
-    that the base is the one they were trained on.
+    (on rank 0, by its sha256) that the base is the one they were trained
+    on.
 
     Args:
         tuner_checkpoint (str): path of a ``*_tuner.pth``.
@@ -139,21 +130,9 @@ class LoadTunerHook(Hook):
         tuner = load_tuner_checkpoint(self.tuner_checkpoint)
         base = runner._load_from
         if base:
-            check_base(tuner, base, _state_dict_of(load_checkpoint_file(base)),
-                       self.force_base)
-        model = _unwrap(runner.model)
-        current = model.state_dict()
-        unknown = [k for k in tuner['state_dict'] if k not in current]
-        if unknown:
-            raise KeyError(
-                f'{self.tuner_checkpoint} has {len(unknown)} tensors this '
-                f'model does not have (first: {unknown[:3]}): it was trained '
-                f'with other tuners; use the config it was trained with.')
-        check_shapes(current, tuner['state_dict'], self.tuner_checkpoint,
-                     'It was trained with other tuner sizes or another '
-                     'model: use the config it was trained with.')
-        load_state_dict(model, tuner['state_dict'], strict=False,
-                        logger=runner.logger)
+            on_rank0(lambda: check_base(tuner, base, self.force_base))
+        load_tuner_state(unwrap_model(runner.model), tuner,
+                         self.tuner_checkpoint)
         runner.logger.info(f'mmpetl: loaded {len(tuner["state_dict"])} tuner '
                            f'tensors from {self.tuner_checkpoint}')
         self._done = True

@@ -1,3 +1,6 @@
-from .petl_constructor import PETLOptimWrapperConstructor
+from .amp import AmpOptimWrapper
+from .petl_constructor import (PETLOptimWrapperConstructor,
+                               merge_param_groups, tuner_param_kind)
 
-__all__ = ['PETLOptimWrapperConstructor']
+__all__ = ['PETLOptimWrapperConstructor', 'AmpOptimWrapper',
+           'merge_param_groups', 'tuner_param_kind']

@@ -1,45 +1,112 @@
 """An optimizer-wrapper constructor that optimises only what PETL trains.
 
+The policy, in order:
+
 * Only parameters with ``requires_grad=True`` enter the optimizer, whatever
-  MMEngine's default constructor does with frozen ones.
-* ``paramwise_cfg`` (``custom_keys``, ``norm_decay_mult``...) applies to
-  the trainable *base* parameters (e.g. the heads) as MMEngine applies it.
-  Tuner parameters never go through ``custom_keys``: its substring keys
-  would catch a tuner named after the module it sits in (an adapter in
-  ``backbone.layers.3.ffn`` would get ``backbone``'s ``lr_mult=0.1``).
-  Tuner parameters get the tuner's own ``lr_mult``/``decay_mult`` from its
-  config instead, and ``paramwise_cfg['tuner_lr_mult']`` (default 1)
-  multiplies all of them.
-* It refuses to build an optimizer with no trainable parameter.
+  MMEngine's default constructor does with frozen ones; building with none
+  is refused.
+* Trainable *base* parameters (the heads, BitFit's biases) follow
+  ``paramwise_cfg`` exactly as MMEngine applies it (``custom_keys``,
+  ``norm_decay_mult``, ``bias_decay_mult``...).
+* Tuner parameters never go through ``custom_keys`` by substring: a key
+  such as ``backbone`` would catch every tuner living in the backbone. A
+  tuner gets, multiplied together:
+
+  - lr: the base lr x the tuner config's ``lr_mult`` x
+    ``paramwise_cfg['tuner_lr_mult']`` (default 1) x the ``lr_mult`` of a
+    ``custom_keys`` key listed in ``paramwise_cfg['tuner_follow_keys']``
+    (default ``('sampling_offsets', 'reference_points')``) that its host's
+    name contains. MMDetection trains Deformable DETR's sampling offsets
+    and reference points at 0.1x; a LoRA on ``sampling_offsets`` changes
+    that same weight, so it follows the same multiplier.
+  - weight decay: the base decay x the tuner's ``decay_mult`` x the
+    followed key's ``decay_mult`` x a factor by parameter kind: matrices
+    1; biases ``bias_decay_mult``; LayerNorm parameters and learnable
+    scalar scales ``norm_decay_mult``; prefix/prompt tokens
+    ``tuner_token_decay_mult``. The last three default to **0** for tuners
+    (no decay pulls a scale, a gain or a prefix toward zero) where
+    MMEngine's default would be 1.
+
+* Parameters whose settings agree share one param group (MMEngine makes
+  one group per tensor), so the optimizer's multi-tensor (``foreach``)
+  path handles them together.
 """
-from typing import List
+from typing import Dict, List, Sequence, Tuple
 
 import torch.nn as nn
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS, OPTIMIZERS
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmpetl.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from mmpetl.tuners import BaseTuner
+from mmpetl.utils import unwrap_model
 
-__all__ = ['PETLOptimWrapperConstructor']
+__all__ = ['PETLOptimWrapperConstructor', 'merge_param_groups',
+           'tuner_param_kind']
+
+FOLLOW_KEYS = ('sampling_offsets', 'reference_points')
+_NORMS = (nn.LayerNorm, nn.GroupNorm, _BatchNorm)
+
+
+def tuner_param_kind(tuner: BaseTuner, name: str, param) -> str:
+    """``'weight'``, ``'bias'``, ``'norm'``, ``'scale'`` or ``'token'``.
+
+    Args:
+        tuner: the tuner holding the parameter.
+        name: the parameter's name inside the tuner (``branch.up.bias``).
+        param: the parameter.
+    """
+    owner_name, _, leaf = name.rpartition('.')
+    if isinstance(tuner.get_submodule(owner_name), _NORMS):
+        return 'norm'
+    if leaf in tuner.token_params:
+        return 'token'
+    if param.ndim == 0:
+        return 'scale'
+    if leaf == 'bias' or param.ndim == 1:
+        return 'bias'
+    return 'weight'
+
+
+def merge_param_groups(groups: Sequence[Dict]) -> List[Dict]:
+    """One group per distinct setting, in first-seen order."""
+    merged: Dict[Tuple, Dict] = {}
+    for group in groups:
+        key = tuple(sorted((k, v) for k, v in group.items()
+                           if k != 'params'))
+        if key in merged:
+            merged[key]['params'].extend(group['params'])
+        else:
+            merged[key] = dict(group, params=list(group['params']))
+    return list(merged.values())
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class PETLOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """See the module docstring for the policy.
+
+    Extra ``paramwise_cfg`` keys: ``tuner_lr_mult`` (float, default 1),
+    ``tuner_follow_keys`` (sequence of ``custom_keys`` names, default
+    ``('sampling_offsets', 'reference_points')``) and
+    ``tuner_token_decay_mult`` (float, default 0).
+    """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg=None) -> None:
         paramwise_cfg = dict(paramwise_cfg or {})
         self.tuner_lr_mult = float(paramwise_cfg.pop('tuner_lr_mult', 1.0))
+        self.tuner_follow_keys = tuple(
+            paramwise_cfg.pop('tuner_follow_keys', FOLLOW_KEYS))
+        self.tuner_token_decay_mult = float(
+            paramwise_cfg.pop('tuner_token_decay_mult', 0.0))
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         # MMEngine skips add_params when paramwise_cfg is empty and hands
         # model.parameters() (frozen ones included) to the optimizer; here
         # every build goes through add_params.
-        if is_model_wrapper(model):
-            model = model.module
+        model = unwrap_model(model)
         optim_wrapper_cfg = self.optim_wrapper_cfg.copy()
         optim_wrapper_cfg.setdefault('type', 'OptimWrapper')
         optimizer_cfg = self.optimizer_cfg.copy()
@@ -54,31 +121,61 @@ class PETLOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                    prefix: str = '', is_dcn_module=None) -> None:
         if prefix:  # only the top-level call does the work
             return super().add_params(params, module, prefix, is_dcn_module)
-        tuners = [m for m in module.modules() if isinstance(m, BaseTuner)]
-        tuner_of = {id(p): t for t in tuners for p in t.parameters()}
-        trainable = [p for p in module.parameters() if p.requires_grad]
-        if not trainable:
+        tuner_of = {}
+        for name, tuner in module.named_modules():
+            if isinstance(tuner, BaseTuner):
+                host = name.rpartition('.')[0]
+                for pname, param in tuner.named_parameters():
+                    tuner_of[id(param)] = (host, tuner, pname)
+        if not any(p.requires_grad for p in module.parameters()):
             raise ValueError(
                 'no trainable parameter to optimise: every parameter is '
                 'frozen. Add tuners or `trainable` patterns to the model '
                 'config.')
-        base_groups: List[dict] = []
-        super().add_params(base_groups, module, prefix, is_dcn_module)
-        base_lr = self.base_lr
-        base_wd = self.base_wd
-        for group in base_groups:
+        per_tensor: List[dict] = []
+        super().add_params(per_tensor, module, prefix, is_dcn_module)
+        groups = []
+        for group in per_tensor:
             (param, ) = group['params']
             if not param.requires_grad:
                 continue
-            tuner = tuner_of.get(id(param))
-            if tuner is not None:
-                group = {'params': [param]}
-                if base_lr is not None:
-                    group['lr'] = base_lr * tuner.lr_mult * self.tuner_lr_mult
-                if base_wd is not None:
-                    group['weight_decay'] = base_wd * tuner.decay_mult
-            params.append(group)
-        count = sum(p.numel() for g in params for p in g['params'])
-        print_log(f'mmpetl: optimizer holds {len(params)} tensors, '
-                  f'{count:,} parameters ({len(tuner_of)} tuner tensors)',
-                  logger='current')
+            if id(param) in tuner_of:
+                group = self._tuner_group(param, *tuner_of[id(param)])
+            groups.append(group)
+        merged = merge_param_groups(groups)
+        params.extend(merged)
+        count = sum(p.numel() for g in merged for p in g['params'])
+        tensors = sum(len(g['params']) for g in merged)
+        print_log(f'mmpetl: optimizer holds {tensors} tensors ({count:,} '
+                  f'parameters, {len(tuner_of)} tuner tensors) in '
+                  f'{len(merged)} param groups', logger='current')
+
+    def _followed(self, host: str) -> Tuple[float, float]:
+        """lr/decay multipliers of the followed custom key in ``host``."""
+        custom = self.paramwise_cfg.get('custom_keys', {})
+        for key in self.tuner_follow_keys:
+            if key in host and key in custom:
+                return (float(custom[key].get('lr_mult', 1.0)),
+                        float(custom[key].get('decay_mult', 1.0)))
+        return 1.0, 1.0
+
+    def _tuner_group(self, param, host: str, tuner: BaseTuner,
+                     name: str) -> dict:
+        lr_mult, decay_mult = self._followed(host)
+        group = {'params': [param]}
+        if self.base_lr is not None:
+            group['lr'] = (self.base_lr * tuner.lr_mult * self.tuner_lr_mult
+                           * lr_mult)
+        if self.base_wd is not None:
+            kind = tuner_param_kind(tuner, name, param)
+            cfg = self.paramwise_cfg
+            kind_mult = {
+                'weight': 1.0,
+                'bias': cfg.get('bias_decay_mult'),
+                'norm': cfg.get('norm_decay_mult'),
+                'scale': cfg.get('norm_decay_mult'),
+                'token': self.tuner_token_decay_mult,
+            }[kind]
+            group['weight_decay'] = (self.base_wd * tuner.decay_mult *
+                                     decay_mult * (kind_mult or 0.0))
+        return group

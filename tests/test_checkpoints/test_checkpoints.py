@@ -1,4 +1,4 @@
-"""Tuner checkpoints: write, apply to a base, verify, merge LoRA, publish."""
+"""Tuner checkpoints: write, apply to a base, verify, export merged, publish."""
 import hashlib
 import json
 import re
@@ -10,12 +10,10 @@ import pytest
 import torch
 
 from mmpetl.models import PETLModel, build_inner_model
-from mmpetl.utils.checkpoint import (BaseMismatchError, CheckpointError,
-                                     apply_tuner_checkpoint,
-                                     load_checkpoint_file,
-                                     load_tuner_checkpoint,
-                                     save_tuner_checkpoint,
-                                     sha256_file)
+from mmpetl.checkpoints import (BaseMismatchError, NotMergeableError,
+                                apply_tuner_checkpoint, export_checkpoint,
+                                load_tuner_checkpoint, save_tuner_checkpoint)
+from mmpetl.utils import CheckpointError, load_checkpoint_file, sha256_file
 from tests.conftest import small_detr_cfg, tensor_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,21 +75,40 @@ def test_tuner_checkpoint_apply_reproduces_predictions(tmp_path, base):
             assert torch.equal(a, b)  # exactly what the trained model does
 
 
-def test_merge_lora_gives_the_same_predictions(tmp_path, base):
-    model = trained_petl(base)
+def test_export_merges_lora_into_a_plain_checkpoint(tmp_path, base):
+    """LoRA-only tuners export as the vanilla model's keys (merged by
+    PETLModel.merge_for_deploy); the plain model predicts what the tuned
+    one does. Tuners that cannot merge are refused, named."""
+    lora = [t for t in TUNERS if t['type'] == 'LoRA']
+    cfg = dict(type='mmpetl.PETLModel', model=small_detr_cfg(), tuners=lora,
+               trainable=['bbox_head'])
+    model = PETLModel(**{k: v for k, v in cfg.items() if k != 'type'})
+    model.load_state_dict(torch.load(base)['state_dict'], strict=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
     save_tuner_checkpoint(model, str(tmp_path / 't.pth'), str(base))
-    merged = apply_tuner_checkpoint(str(base), str(tmp_path / 't.pth'),
-                                    merge_lora=True)
-    assert not any('.lora.' in k for k in merged['state_dict'])
-    no_lora = [t for t in TUNERS if t['type'] != 'LoRA']
-    rebuilt = PETLModel(model=small_detr_cfg(), tuners=no_lora,
-                        trainable=['bbox_head']).eval()
-    result = rebuilt.load_state_dict(merged['state_dict'])
+    out = tmp_path / 'plain.pth'
+    exported = export_checkpoint(cfg, str(base), str(tmp_path / 't.pth'),
+                                 str(out))
+    # 6 attentions (2 encoder self, 2 decoder self, 2 cross) x in/out_proj
+    assert len(exported['meta']['mmpetl_export']['merged']) == 12
+    plain = build_inner_model(small_detr_cfg()).eval()
+    result = plain.load_state_dict(load_checkpoint_file(out)['state_dict'])
     assert not result.missing_keys and not result.unexpected_keys
     with torch.no_grad():
         for a, b in zip(tensor_outputs(model, 'detr'),
-                        tensor_outputs(rebuilt, 'detr')):
+                        tensor_outputs(plain, 'detr')):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+    full = trained_petl(base)
+    save_tuner_checkpoint(full, str(tmp_path / 'all.pth'), str(base))
+    cfg['tuners'] = TUNERS
+    with pytest.raises(NotMergeableError, match=r'ParallelAdapter, '
+                       r'ScaledPrefix.*only LoRA merges'):
+        export_checkpoint(cfg, str(base), str(tmp_path / 'all.pth'))
 
 
 def test_mismatched_base_is_refused(tmp_path, base):
@@ -196,12 +213,9 @@ def test_safetensors_tuner_checkpoint_round_trip(tmp_path, base):
     meta_b = {k: v for k, v in b['meta'].items() if k != 'time'}
     assert json.loads(json.dumps(meta_a)) == meta_b
     full_a = apply_tuner_checkpoint(str(base), str(pth))['state_dict']
-    full_b = apply_tuner_checkpoint(str(base), str(st),
-                                    merge_lora=True)['state_dict']
-    merged = apply_tuner_checkpoint(str(base), str(pth),
-                                    merge_lora=True)['state_dict']
-    assert full_a.keys() != full_b.keys() and merged.keys() == full_b.keys()
-    assert all(torch.equal(merged[k], full_b[k]) for k in merged)
+    full_b = apply_tuner_checkpoint(str(base), str(st))['state_dict']
+    assert full_a.keys() == full_b.keys()
+    assert all(torch.equal(full_a[k], full_b[k]) for k in full_a)
     assert not list(tmp_path.glob('.tmp_*'))  # the temporary was renamed
     cut = tmp_path / 'cut.safetensors'
     cut.write_bytes(st.read_bytes()[:-100])
@@ -211,3 +225,35 @@ def test_safetensors_tuner_checkpoint_round_trip(tmp_path, base):
     save_file({'w': torch.zeros(2)}, str(plain))
     with pytest.raises(CheckpointError, match='without mmpetl meta'):
         load_tuner_checkpoint(str(plain))
+
+
+def test_base_is_hashed_once_and_not_unpickled_when_it_matches(
+        tmp_path, base, monkeypatch):
+    """The base's sha256 is computed once per process and file (cached by
+    size and mtime); checking a matching base reads no tensors; a changed
+    file is hashed again."""
+    from mmpetl.checkpoints import base as base_module
+    from mmpetl.checkpoints import base_meta, check_base
+    calls = []
+    real = base_module.sha256_file
+    monkeypatch.setattr(base_module, 'sha256_file',
+                        lambda p: calls.append(p) or real(p))
+    copy = tmp_path / 'copy.pth'
+    copy.write_bytes(base.read_bytes())
+    meta = base_meta(str(copy))
+    assert meta['base_sha256'] == sha256_file(base) and len(calls) == 1
+    tuner = {'meta': dict(meta)}
+
+    def no_read(path):
+        raise AssertionError('the base was read although its hash matched')
+
+    monkeypatch.setattr(base_module, '_file_keys_hash', no_read)
+    for _ in range(3):
+        check_base(tuner, str(copy))
+    assert len(calls) == 1
+    state = torch.load(base)['state_dict']
+    state['backbone.conv1.weight'] += 1
+    torch.save(dict(state_dict=state), copy)
+    monkeypatch.undo()
+    with pytest.raises(BaseMismatchError, match='same architecture'):
+        check_base(tuner, str(copy))

@@ -5,10 +5,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 import mmpetl  # noqa: F401  (patches the Runner's writer)
-from mmpetl.utils.checkpoint import load_checkpoint_file
+from mmpetl.utils import load_checkpoint_file
 
 WRITER = '''
 import sys, torch
@@ -45,3 +46,37 @@ def test_runner_writer_is_atomic(tmp_path):
     runner.save_checkpoint({'meta': {'iter': 1}}, str(tmp_path / 'a.pth'))
     assert load_checkpoint_file(tmp_path / 'a.pth')['meta']['iter'] == 1
     assert [p.name for p in tmp_path.iterdir()] == ['a.pth']
+
+
+def test_every_format_gets_normal_file_permissions(tmp_path):
+    """mkstemp makes 0600 files; both tuner checkpoint formats (and plain
+    atomic saves) end with what open() would give: 0666 & ~umask."""
+    from mmpetl.checkpoints import write_tuner_checkpoint
+    from mmpetl.utils import atomic_save
+    umask = os.umask(0o022)
+    try:
+        ckpt = {'state_dict': {'w': torch.ones(2)},
+                'meta': {'mmpetl_tuner_checkpoint': 1}}
+        write_tuner_checkpoint(ckpt, str(tmp_path / 'a_tuner.pth'))
+        write_tuner_checkpoint(ckpt, str(tmp_path / 'a_tuner.safetensors'))
+        atomic_save(ckpt, str(tmp_path / 'b.pth'))
+    finally:
+        os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {'a_tuner.pth': 0o644, 'a_tuner.safetensors': 0o644,
+                     'b.pth': 0o644}
+
+
+def test_a_failed_write_leaves_nothing(tmp_path):
+    from mmpetl.utils import atomic_write
+
+    def fail(tmp):
+        with open(tmp, 'w') as f:
+            f.write('half')
+        raise OSError('disk full')
+
+    (tmp_path / 'keep.pth').write_text('old')
+    with pytest.raises(OSError, match='disk full'):
+        atomic_write(str(tmp_path / 'keep.pth'), fail)
+    assert [p.name for p in tmp_path.iterdir()] == ['keep.pth']
+    assert (tmp_path / 'keep.pth').read_text() == 'old'

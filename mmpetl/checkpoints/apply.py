@@ -1,0 +1,73 @@
+"""Base checkpoint + tuner checkpoint -> one full mmpetl checkpoint."""
+from typing import Dict, Optional
+
+from mmpetl.injection import parameter_matches
+from mmpetl.utils import atomic_save, load_checkpoint_file
+from .base import check_base, check_shapes, state_dict_of
+from .format import MARKER, load_tuner_checkpoint
+
+__all__ = ['apply_tuner_checkpoint', 'load_tuner_state']
+
+
+def apply_tuner_checkpoint(base_path: str, tuner_path: str,
+                           out_path: Optional[str] = None,
+                           force: bool = False) -> Dict:
+    """base + tuners -> one checkpoint a ``PETLModel`` config loads whole.
+
+    Parts trained beside the tuners (the heads) replace the base's even when
+    their shapes differ (a new dataset has its own classes); every other
+    tensor must fit the base. To fold LoRA into the weights and get a plain
+    MMDetection checkpoint, see :func:`mmpetl.checkpoints.export_checkpoint`.
+
+    Args:
+        base_path: the shared base checkpoint.
+        tuner_path: a tuner checkpoint written by mmpetl.
+        out_path: where to write the result (atomic); None: only return it.
+        force: apply to a base with other weights (same architecture).
+
+    Returns:
+        dict: ``{'state_dict', 'meta'}``.
+    """
+    tuner = load_tuner_checkpoint(tuner_path)
+    base = load_checkpoint_file(base_path)
+    state = state_dict_of(base)
+    check_base(tuner, base_path, force)
+    tuned = tuner['state_dict']
+    trainable = tuner['meta'].get('trainable') or []
+    check_shapes(state, {k: v for k, v in tuned.items()
+                         if not parameter_matches(k, trainable)},
+                 f'{tuner_path} does not fit {base_path}',
+                 'Use the base checkpoint the tuners were trained on.',
+                 expected_name='base', given_name='tuner')
+    state.update(tuned)
+    meta = dict(base.get('meta', {}) or {})
+    meta['mmpetl'] = {k: v for k, v in tuner['meta'].items() if k != MARKER}
+    result = {'state_dict': state, 'meta': meta}
+    if out_path:
+        atomic_save(result, out_path)
+    return result
+
+
+def load_tuner_state(model, tuner: Dict, source: str) -> None:
+    """Load a tuner checkpoint's tensors into a built ``PETLModel``.
+
+    Args:
+        model: the ``PETLModel`` (base weights already loaded).
+        tuner: a loaded tuner checkpoint (:func:`load_tuner_checkpoint`).
+        source: the file it came from, for messages.
+
+    Raises:
+        KeyError: tensors the model does not have (other tuners).
+        ShapeMismatchError: tensors of other shapes (other sizes/classes).
+    """
+    current = model.state_dict()
+    unknown = [k for k in tuner['state_dict'] if k not in current]
+    if unknown:
+        raise KeyError(
+            f'{source} has {len(unknown)} tensors this model does not have '
+            f'(first: {unknown[:3]}): it was trained with other tuners; use '
+            f'the config it was trained with.')
+    check_shapes(current, tuner['state_dict'], source,
+                 'It was trained with other tuner sizes or another model: '
+                 'use the config it was trained with.')
+    model.load_state_dict(tuner['state_dict'], strict=False)

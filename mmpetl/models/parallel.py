@@ -1,0 +1,237 @@
+"""Networks beside the whole frozen model (UniPT): the model surgery.
+
+``PETLModel(parallel=dict(type='UniPT', bottleneck=64))`` builds the network
+(:class:`mmpetl.tuners.UniPT`, a plain module), attaches it to the inner
+model as ``unipt`` and replaces two of the inner model's methods so that the
+frozen part runs without autograd and the network's corrections reach the
+heads:
+
+* DETR / Deformable DETR: ``extract_feat`` (backbone + neck) and
+  ``forward_transformer`` (encoder + decoder) run in ``torch.no_grad``; the
+  decoder's per-layer hidden states ``h_l`` (``return_intermediate=True``,
+  ``(L, B, num_queries, d)``) feed UniPT. The bbox head supervises every
+  layer (auxiliary losses), so by default each layer ``k`` gets its own
+  correction from layers ``1..k`` (``all_layers=False``: only the last
+  one, the paper's single output).
+* MMPretrain ``ImageClassifier`` with a ``VisionTransformer``:
+  ``extract_feat`` runs the backbone in ``torch.no_grad``, capturing the
+  outputs of ``backbone.layers.l`` (all tokens, before the final norm);
+  the correction of the last layer is brought to the backbone's output
+  type (class token, token mean, feature map or raw tokens) and added to
+  the last backbone output.
+
+The replaced methods are partials of module-level functions that look up
+``host.unipt``: a deepcopy of the model (e.g. an EMA copy) calls the copied
+network.
+
+Only the network and the heads can train: a parameter of the frozen part
+that is made trainable would never get a gradient, so
+:func:`check_parallel_trainable` refuses it (other tuners included).
+
+Limitations:
+
+* In Deformable DETR with box refinement the decoder calls
+  ``bbox_head.reg_branches`` to refine its reference points; under UniPT
+  those calls run without autograd, so the regression branches learn only
+  from the head's own predictions. MMDet already detaches the refined
+  references between decoder layers, so the gradient lost is the one into
+  the decoder-internal calls only.
+* Two-stage Deformable DETR (its proposals come from head branches on the
+  encoder output, which would never train) and DINO (denoising queries must
+  not interact with the matching queries) are refused.
+* A classifier with a neck is refused (the correction would have to pass
+  through the frozen neck with autograd).
+"""
+import functools
+from typing import Dict, List
+
+import torch
+import torch.nn as nn
+
+from mmpetl.injection import InjectedTuner, get_tuner_cls
+from mmpetl.tuners import TunerHostError
+from mmpetl.utils import class_names
+
+__all__ = ['attach_parallel', 'check_parallel_trainable']
+
+
+def _is_detr(model: nn.Module) -> bool:
+    return hasattr(model, 'forward_transformer') and hasattr(
+        model, 'decoder')
+
+
+def _is_vit_classifier(model: nn.Module) -> bool:
+    backbone = getattr(model, 'backbone', None)
+    return ('ImageClassifier' in class_names(model) and backbone is not None
+            and 'VisionTransformer' in class_names(backbone)
+            and hasattr(backbone, 'layers'))
+
+
+def _check_detr(host: nn.Module) -> None:
+    if 'DINO' in class_names(host) or hasattr(host, 'dn_query_generator'):
+        raise TunerHostError(
+            'UniPT does not support DINO-style denoising training: its '
+            'interaction would mix denoising queries (built from the ground '
+            'truth) into the matching queries.')
+    if getattr(host, 'as_two_stage', False):
+        raise TunerHostError(
+            'UniPT does not support two-stage Deformable DETR: its '
+            'proposals come from head branches applied to the encoder '
+            'output, which runs without autograd and would never train. '
+            'Set as_two_stage=False.')
+    if not getattr(host.decoder, 'return_intermediate', True):
+        raise TunerHostError(
+            'UniPT reads every decoder layer: build the decoder with '
+            'return_intermediate=True.')
+
+
+def _check_vit(host: nn.Module) -> None:
+    backbone = host.backbone
+    if getattr(host, 'with_neck', False):
+        raise TunerHostError(
+            'UniPT on a classifier with a neck is not supported: the '
+            'correction would have to pass through the frozen neck with '
+            'autograd. Use a ViT classifier without a neck.')
+    if max(backbone.out_indices) != len(backbone.layers) - 1:
+        raise TunerHostError(
+            'UniPT corrects the last ViT layer: the backbone must output it '
+            '(out_indices must include -1).')
+
+
+def attach_parallel(model: nn.Module, cfg: Dict) -> InjectedTuner:
+    """Build a parallel network (UniPT) for ``model`` and wire it in.
+
+    Args:
+        model: the inner DETR-family detector or ViT classifier.
+        cfg: ``dict(type='UniPT', **network_args)``, plus ``lr_mult`` and
+            ``decay_mult`` as in tuner configs.
+    """
+    cfg = dict(cfg)
+    type_name = cfg.pop('type', None)
+    cls = get_tuner_cls(type_name)
+    if not getattr(cls, 'is_parallel_network', False):
+        raise TypeError(
+            f'`parallel` takes a network beside the whole model (UniPT); '
+            f'{type_name} attaches to modules: list it in `tuners`.')
+    lr_mult, decay_mult = cfg.pop('lr_mult', 1.0), cfg.pop('decay_mult', 1.0)
+    if _is_detr(model):
+        _check_detr(model)
+        net = cls(model.embed_dims, model.decoder.num_layers, **cfg)
+        model.add_module(cls.attr_name, net)
+        model.extract_feat = functools.partial(_frozen_extract_feat, model)
+        model.forward_transformer = functools.partial(
+            _detr_forward_transformer, model)
+        net.head_name = 'bbox_head'
+    elif _is_vit_classifier(model):
+        _check_vit(model)
+        backbone = model.backbone
+        net = cls(backbone.embed_dims, len(backbone.layers), **cfg)
+        net.all_layers = False  # a classifier's head reads the last layer
+        model.add_module(cls.attr_name, net)
+        model.extract_feat = functools.partial(_vit_extract_feat, model)
+        net.head_name = 'head'
+    else:
+        raise TunerHostError(
+            f'{type_name} cannot tune a {type(model).__name__}: it supports '
+            f'MMDet DETR / DeformableDETR (decoder hidden states) and '
+            f'MMPretrain ImageClassifier with a VisionTransformer backbone.')
+    net.lr_mult, net.decay_mult = float(lr_mult), float(decay_mult)
+    return InjectedTuner('(model)', type(model).__name__, type_name, net)
+
+
+def check_parallel_trainable(model: nn.Module, net: nn.Module) -> None:
+    """Refuse trainable parameters the no-grad region would starve.
+
+    Args:
+        model (nn.Module): the model the network is attached to (or a
+            module sharing its children, such as ``PETLModel``).
+        net (nn.Module): the parallel network.
+
+    Raises:
+        ValueError: a trainable parameter outside the network and the head.
+    """
+    mine = {id(p) for p in net.parameters()}
+    prefix = net.head_name + '.'
+    starved = [
+        n for n, p in model.named_parameters()
+        if p.requires_grad and id(p) not in mine and not n.startswith(prefix)
+    ]
+    if starved:
+        raise ValueError(
+            f'UniPT runs everything before `{net.head_name}` without '
+            f'autograd, so these trainable parameters would never get a '
+            f'gradient: {starved[:5]}{" ..." if len(starved) > 5 else ""}'
+            f' ({len(starved)} in all). Train only `{net.head_name}` '
+            f'(trainable patterns) beside UniPT, without other tuners.')
+
+
+# -- forwards installed on the host ------------------------------------------
+def _frozen_extract_feat(host: nn.Module, batch_inputs: torch.Tensor):
+    """Backbone + neck without autograd."""
+    with torch.no_grad():
+        return type(host).extract_feat(host, batch_inputs)
+
+
+def _detr_forward_transformer(host: nn.Module, img_feats,
+                              batch_data_samples=None) -> Dict:
+    """Encoder + decoder without autograd, then the UniPT corrections.
+
+    ``head_inputs['hidden_states']`` (L, B, num_queries, d) becomes
+    ``h_k + U(act(g_k))`` for every k (or for the last only).
+    """
+    with torch.no_grad():
+        head_inputs = type(host).forward_transformer(host, img_feats,
+                                                     batch_data_samples)
+    unipt = host.unipt
+    hidden = head_inputs['hidden_states']
+    if unipt.all_layers:
+        hidden = hidden + unipt(hidden)
+    else:
+        last = hidden.shape[0] - 1
+        hidden = torch.cat([hidden[:last], hidden[last:] + unipt(hidden,
+                                                                 [last])])
+    head_inputs['hidden_states'] = hidden
+    return head_inputs
+
+
+def _vit_extract_feat(host: nn.Module, inputs: torch.Tensor,
+                      stage: str = 'neck'):
+    """ViT backbone without autograd (layer outputs captured), the UniPT
+    correction added to the last backbone output."""
+    backbone = host.backbone
+    captured: List[torch.Tensor] = []
+    handles = [
+        layer.register_forward_hook(lambda m, a, out: captured.append(out))
+        for layer in backbone.layers
+    ]
+    try:
+        with torch.no_grad():
+            outs = backbone(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    unipt = host.unipt
+    last = len(captured) - 1
+    delta = unipt(torch.stack(captured), [last])[0]  # (B, N, d)
+    outs = tuple(outs[:-1]) + (outs[-1] + _as_output(backbone, delta,
+                                                     outs[-1]), )
+    assert stage in ('backbone', 'neck', 'pre_logits'), stage
+    if stage in ('backbone', 'neck'):  # no neck (checked)
+        return outs
+    return host.head.pre_logits(outs)
+
+
+def _as_output(backbone: nn.Module, delta: torch.Tensor,
+               like: torch.Tensor) -> torch.Tensor:
+    """Token corrections (B, N, d) in the backbone's ``out_type``."""
+    out_type = backbone.out_type
+    if out_type == 'raw':
+        return delta
+    if out_type == 'cls_token':
+        return delta[:, 0]
+    patches = delta[:, backbone.num_extra_tokens:]
+    if out_type == 'avg_featmap':
+        return patches.mean(dim=1)
+    if out_type == 'featmap':  # (B, d, h, w)
+        return patches.transpose(1, 2).reshape(like.shape)
+    raise TunerHostError(f'UniPT: unsupported ViT out_type {out_type!r}')
