@@ -65,6 +65,19 @@ def _unknown_model_type(tmp):
     _build([dict(type='ParallelAdapter', presets=['ffn'])], model=cfg)
 
 
+def _small_deformable():
+    from tests.conftest import small_deformable_cfg
+    return small_deformable_cfg()
+
+
+def _activations_without_data(tmp):
+    from mmpetl.engine.hooks import TunerInitHook
+    model = _build([dict(type='ScaledPrefix', presets=['attn'],
+                         init='activations')])
+    TunerInitHook().before_train(SimpleNamespace(model=model,
+                                                 _train_dataloader=None))
+
+
 FFN = [dict(type='ParallelAdapter', presets=['ffn'])]
 TUNER_CASES = [
     _tuner_case('unknown-tuner', 'tuner type with a typo (`ParalelAdapter`)',
@@ -106,6 +119,32 @@ TUNER_CASES = [
     _tuner_case('prefix-zero', '`num_prefix=0`',
                 [dict(type='ScaledPrefix', presets=['attn'], num_prefix=0)],
                 ValueError, r'`num_prefix` must be a positive int'),
+    _tuner_case('prefix-form-typo', 'unknown prefix form (`paralel`)',
+                [dict(type='ScaledPrefix', presets=['attn'],
+                      form='paralel')], ValueError,
+                r"ScaledPrefix on torch.nn.modules.activation."
+                r"MultiheadAttention: unknown form='paralel'; valid forms: "
+                r"\['joint', 'parallel'\]"),
+    _tuner_case('prefix-init-typo', 'unknown prefix init (`activation`)',
+                [dict(type='ScaledPrefix', presets=['attn'],
+                      init='activation')], ValueError,
+                r"ScaledPrefix on .*MultiheadAttention: unknown "
+                r"init='activation'; valid inits: \['random', 'scaled', "
+                r"'activations'\]"),
+    Case('prefix-form-host', 'tuner config',
+         "the joint prefix form on deformable attention (`form='joint'`, "
+         "preset `attn` of Deformable DETR)",
+         lambda tmp: _build([dict(type='ScaledPrefix', presets=['attn'],
+                                  form='joint')],
+                            model=_small_deformable()),
+         TypeError, r"prefix form='joint' does not apply to .*"
+         r"MultiScaleDeformableAttention.*valid forms there: "
+         r"\['parallel'\]"),
+    Case('activations-no-data', 'tuner config',
+         "`init='activations'` in a run without a train dataloader",
+         _activations_without_data, ValueError,
+         r"init='activations' \(6 prefix tuners, first .*\) needs training "
+         r"batches.*no train_dataloader.*init='scaled'"),
     _tuner_case('rank-negative', 'LoRA `rank=-1`',
                 [dict(type='LoRA', presets=['attn'], rank=-1)], ValueError,
                 r'`rank` must be a positive int'),

@@ -66,11 +66,9 @@ def adapter_count(model, kind, first_only=False):
 
 
 def prefix_count(model, scaled):
-    total = 0
-    for _, m in blocks(model, 'attn'):
-        msda = isinstance(m, MultiScaleDeformableAttention)
-        total += 2 * L * width(m) + (1 if (scaled or msda) else 0)
-    return total
+    """2ld per attention, + 1 for a learnable s (ScaledPrefix)."""
+    return sum(2 * L * width(m) + int(scaled)
+               for _, m in blocks(model, 'attn'))
 
 
 def bias_count(model, head):
@@ -112,7 +110,7 @@ METHODS = {
                None, [], False, lambda m, a: prefix_count(m, False)),
     'etta': ([dict(type='ParallelAdapter', presets=['ffn'], bottleneck=B),
               dict(type='ScaledPrefix', presets=['attn'], num_prefix=L)],
-             None, [], False,
+             None, [], True,  # parallel form, P_v = 0: exact
              lambda m, a: adapter_count(m, 'ffn') + prefix_count(m, True)),
     'utuning_dual': ([dict(type='UTuner', presets=['attn', 'ffn'],
                            bottleneck=B)], None, [], True,

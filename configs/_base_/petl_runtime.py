@@ -7,6 +7,10 @@ custom_hooks = [
     dict(type='mmpetl.TunerCheckpointHook'),
     # stop at a NaN/inf loss before that step is checkpointed
     dict(type='mmpetl.NonFiniteLossHook'),
+    # init='activations' prefixes from two training batches, before step 1
+    dict(type='mmpetl.TunerInitHook'),
+    # tuner scales, prefix shares, update sizes; warns about inert tuners
+    dict(type='mmpetl.TunerHealthHook', interval=50),
 ]
 # Import mmpetl when the config is read, before MMDetection's models are:
 # this also lets MMDetection's own tools/train.py run these configs, and

@@ -185,11 +185,11 @@ def _detr_forward_transformer(host: nn.Module, img_feats,
     unipt = host.unipt
     hidden = head_inputs['hidden_states']
     if unipt.all_layers:
-        hidden = hidden + unipt(hidden)
+        hidden = unipt.add_change(hidden, unipt(hidden))
     else:
         last = hidden.shape[0] - 1
-        hidden = torch.cat([hidden[:last], hidden[last:] + unipt(hidden,
-                                                                 [last])])
+        hidden = torch.cat([hidden[:last], unipt.add_change(
+            hidden[last:], unipt(hidden, [last]))])
     head_inputs['hidden_states'] = hidden
     return head_inputs
 
@@ -213,8 +213,8 @@ def _vit_extract_feat(host: nn.Module, inputs: torch.Tensor,
     unipt = host.unipt
     last = len(captured) - 1
     delta = unipt(torch.stack(captured), [last])[0]  # (B, N, d)
-    outs = tuple(outs[:-1]) + (outs[-1] + _as_output(backbone, delta,
-                                                     outs[-1]), )
+    outs = tuple(outs[:-1]) + (unipt.add_change(
+        outs[-1], _as_output(backbone, delta, outs[-1])), )
     assert stage in ('backbone', 'neck', 'pre_logits'), stage
     if stage in ('backbone', 'neck'):  # no neck (checked)
         return outs

@@ -6,7 +6,8 @@ from .adapter import ParallelAdapter
 from .base import BaseTuner, TunerHostError
 from .deformable_prefix import DeformablePrefix
 from .lora import LoRA, LoRAFusedAttention, LoRALinear
-from .prefix import PrefixTuning, ScaledPrefix
+from .prefix import (PREFIX_FORMS, PREFIX_INITS, PrefixBase, PrefixTuning,
+                     ScaledPrefix)
 from .serial_adapter import SerialAdapter
 from .unipt import UniPT
 from .utuner import UTuner
@@ -14,6 +15,7 @@ from .vpt import VPT
 
 __all__ = [
     'BaseTuner', 'TunerHostError', 'ParallelAdapter', 'ScaledPrefix',
-    'PrefixTuning', 'DeformablePrefix', 'LoRA', 'LoRALinear',
+    'PrefixTuning', 'PrefixBase', 'PREFIX_FORMS', 'PREFIX_INITS',
+    'DeformablePrefix', 'LoRA', 'LoRALinear',
     'LoRAFusedAttention', 'SerialAdapter', 'UTuner', 'VPT', 'UniPT'
 ]

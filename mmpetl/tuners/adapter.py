@@ -81,7 +81,7 @@ class ParallelAdapter(BaseTuner):
 
     def _hook(self, host, args, kwargs, output):
         x = args[0] if args else kwargs['x' if 'x' in kwargs else 'input']
-        return output + self.scale * self.branch(x)
+        return self.add_change(output, self.scale * self.branch(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The adapter's own contribution ``s * up(act(down(x)))``."""

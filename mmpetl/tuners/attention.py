@@ -6,8 +6,9 @@ hooks nor submodule patches can put a prefix inside its softmax. The tuners
 that need that (prefix, fused LoRA) set the host's ``forward`` to one of the
 functions below. Each reads the tuners attached to the host:
 
-* ``host.prefix`` -> ``(P_k, s * P_v)``, prepended to every head's keys and
-  values; prefix slots are never masked;
+* ``host.prefix`` -> its :meth:`~mmpetl.tuners.ScaledPrefix.attend` runs the
+  softmax over the real keys and the prefixes, in the prefix's form (joint
+  or parallel); prefix slots are never masked;
 * ``host.lora`` -> low-rank deltas added to the q/k/v projections.
 
 With no tuner attached they compute what the host computes (tested to
@@ -20,9 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['install_tuned_forward', 'torch_mha_forward', 'vit_attention_forward',
-           'merge_masks', 'vit_attention_type', 'mmcv_attention_type',
-           'msda_type']
+__all__ = ['install_tuned_forward', 'torch_mha_forward',
+           'vit_attention_forward', 'merge_masks', 'attend',
+           'vit_attention_type', 'mmcv_attention_type', 'msda_type']
 
 
 def vit_attention_type():
@@ -50,18 +51,23 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def merge_masks(attn_mask: Optional[torch.Tensor],
                 key_padding_mask: Optional[torch.Tensor], bsz: int,
-                num_heads: int, tgt_len: int, src_len: int, num_prefix: int,
-                dtype: torch.dtype) -> Optional[torch.Tensor]:
-    """torch-MHA masks -> one additive SDPA mask over ``[prefix; keys]``.
+                num_heads: int, tgt_len: int, src_len: int,
+                dtype: torch.dtype,
+                is_causal: bool = False) -> Optional[torch.Tensor]:
+    """torch-MHA masks -> one additive SDPA mask over the keys.
 
     Follows ``nn.MultiheadAttention``: a bool ``True`` means "do not
     attend", a float mask is added to the logits. ``attn_mask`` is
-    ``(L, S)`` or ``(N*H, L, S)``; ``key_padding_mask`` is ``(N, S)``.
+    ``(L, S)`` or ``(N*H, L, S)``; ``key_padding_mask`` is ``(N, S)``;
+    ``is_causal`` without ``attn_mask`` masks the future.
 
     Returns:
-        Tensor | None: broadcastable to ``(N, H, L, P + S)``; the ``P``
-        prefix columns are 0 (always attended).
+        Tensor | None: broadcastable to ``(N, H, L, S)``.
     """
+    if attn_mask is None and is_causal:
+        attn_mask = torch.ones(tgt_len, src_len, dtype=torch.bool).triu(1)
+        if key_padding_mask is not None:
+            attn_mask = attn_mask.to(key_padding_mask.device)
     mask = None
     if attn_mask is not None:
         mask = _additive(attn_mask, dtype)
@@ -70,23 +76,19 @@ def merge_masks(attn_mask: Optional[torch.Tensor],
     if key_padding_mask is not None:
         pad = _additive(key_padding_mask, dtype).view(bsz, 1, 1, src_len)
         mask = pad if mask is None else mask + pad
-    if mask is not None and num_prefix:
-        mask = F.pad(mask, (num_prefix, 0))
     return mask
 
 
-def _prefix_heads(host: nn.Module, bsz: int, num_heads: int,
-                  dtype: torch.dtype):
+def attend(host: nn.Module, q: torch.Tensor, k: torch.Tensor,
+           v: torch.Tensor, mask: Optional[torch.Tensor],
+           dropout_p: float) -> torch.Tensor:
+    """SDPA of ``(B, H, L|S, d_h)`` tensors, through ``host.prefix`` when
+    the host carries a prefix tuner."""
     prefix = getattr(host, 'prefix', None)
-    if prefix is None:
-        return None, None
-    p_k, p_v = prefix.key_values()  # (P, E) each, p_v already scaled by s
-
-    def heads(p):
-        return p.to(dtype).view(p.shape[0], num_heads, -1).transpose(
-            0, 1).unsqueeze(0).expand(bsz, -1, -1, -1)
-
-    return heads(p_k), heads(p_v)
+    if prefix is not None:
+        return prefix.attend(q, k, v, mask, dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                          dropout_p=dropout_p)
 
 
 def torch_mha_forward(host: nn.MultiheadAttention,
@@ -125,24 +127,16 @@ def torch_mha_forward(host: nn.MultiheadAttention,
     v = F.linear(value, w_v, b_v)
     lora = getattr(host, 'lora', None)
     if lora is not None and not lora.merged:
-        d_q, d_k, d_v = lora.in_proj_deltas(query, key, value)
-        q, k, v = q + d_q, k + d_k, v + d_v
+        q, k, v = lora.add_to_projections(q, k, v, query, key, value)
 
     def heads(t, length):
         return t.view(length, bsz, num_heads, head_dim).permute(1, 2, 0, 3)
 
     q, k, v = heads(q, tgt_len), heads(k, src_len), heads(v, src_len)
-    p_k, p_v = _prefix_heads(host, bsz, num_heads, q.dtype)
-    num_prefix = 0
-    if p_k is not None:
-        num_prefix = p_k.shape[2]
-        k, v = torch.cat([p_k, k], dim=2), torch.cat([p_v, v], dim=2)
     mask = merge_masks(attn_mask, key_padding_mask, bsz, num_heads, tgt_len,
-                       src_len, num_prefix, q.dtype)
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask,
-        dropout_p=host.dropout if host.training else 0.0,
-        is_causal=is_causal and mask is None and num_prefix == 0)
+                       src_len, q.dtype, is_causal)
+    out = attend(host, q, k, v, mask,
+                 host.dropout if host.training else 0.0)
     out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, embed_dim)
     out = host.out_proj(out)  # a real module call: LoRA on out_proj works
     if host.batch_first:
@@ -161,11 +155,8 @@ def vit_attention_forward(host: nn.Module, x: torch.Tensor) -> torch.Tensor:
                               host.head_dims).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
     v_in = v
-    p_k, p_v = _prefix_heads(host, bsz, host.num_heads, q.dtype)
-    if p_k is not None:
-        k, v = torch.cat([p_k, k], dim=2), torch.cat([p_v, v], dim=2)
     attn_drop = host.attn_drop if host.training else 0.
-    x = host.scaled_dot_product_attention(q, k, v, dropout_p=attn_drop)
+    x = attend(host, q, k, v, None, attn_drop)
     x = x.transpose(1, 2).reshape(bsz, length, host.embed_dims)
     x = host.proj(x)
     x = host.out_drop(host.gamma1(host.proj_drop(x)))

@@ -51,6 +51,10 @@ class BaseTuner(nn.Module, metaclass=ABCMeta):
         super().__init__()
         self.lr_mult = 1.0
         self.decay_mult = 1.0
+        #: set by TunerHealthHook for the iterations it inspects: the
+        #: tuner then fills ``last_stats`` during its forward
+        self.recording = False
+        self.last_stats: Dict[str, float] = {}
 
     # -- construction -----------------------------------------------------
     @classmethod
@@ -106,6 +110,29 @@ class BaseTuner(nn.Module, metaclass=ABCMeta):
             self.scale = nn.Parameter(tensor)
         else:
             self.register_buffer('scale', tensor)
+
+    # -- health -----------------------------------------------------------
+    @torch.no_grad()
+    def record_change(self, base: torch.Tensor, change: torch.Tensor,
+                      **extra) -> None:
+        """``last_stats``: ``contribution`` = ||change|| / ||base||, the
+        scale ``s`` when the tuner has one, and ``extra`` values."""
+        base_norm = base.detach().float().norm()
+        change_norm = change.detach().float().norm()
+        stats = dict(contribution=change_norm / base_norm.clamp_min(1e-12),
+                     **extra)
+        scale = getattr(self, 'scale', None)
+        if torch.is_tensor(scale):
+            stats['scale'] = scale.detach().float()
+        self.last_stats = {k: float(v) for k, v in stats.items()}
+
+    def add_change(self, output: torch.Tensor,
+                   change: torch.Tensor) -> torch.Tensor:
+        """``output + change`` of an additive tuner (recording the health
+        stats when asked)."""
+        if self.recording:
+            self.record_change(output, change)
+        return output + change
 
     # -- deployment -------------------------------------------------------
     def merge(self) -> bool:

@@ -1,55 +1,55 @@
 """Prefix branch for multi-scale deformable attention (ET-Deformable-DETR).
 
 MSDA samples values at learned offsets; it has no keys to prepend
-prefixes to. ETTA's prefix keeps its unified additive form instead:
+prefixes to. ETTA's prefix keeps its unified additive form instead (the
+``parallel`` form of :mod:`mmpetl.tuners.prefix`):
 
     out = MSDA(q) + s * W_o * concat_h( softmax(q_h P_k,h^T / sqrt(d_h)) P_v,h )
 
 ``q`` is the query plus its positional embedding, split over the heads
 like MSDA's values; ``W_o`` is MSDA's frozen ``output_proj`` weight (its
-bias is already in ``MSDA(q)``); ``s`` starts at 0, so the tuned model is
-exact at init, and is learned with ``P_k, P_v``.
+bias is already in ``MSDA(q)``).
 
-Parameters: ``2*l*d + 1``.
+Initialisations (``init``, as for :class:`~mmpetl.tuners.ScaledPrefix`):
+
+* ``'scaled'`` (default): ``s`` learnable from ``scale`` (1), ``P_v = 0``
+  (exact at init, and ``P_v`` gets a first-order gradient at step 0),
+  ``P_k ~ N(0, key_std^2)`` with ``key_std = 1``: for queries of unit rms
+  (they leave a LayerNorm) the prefix logits spread at order 1, so the
+  branch starts query-dependent rather than as a constant bias.
+* ``'activations'``: ``P_k`` are query tokens the frozen model computes on a
+  few training batches, ``P_v = 0``.
+* ``'random'``: ``P_k, P_v ~ N(0, init_std^2)``; with ``scale=0`` this is
+  mmpetl's first default, under which every prefix gets a zero gradient at
+  step 0 (each path runs through ``s = 0``) and the branch barely moves.
+
+Parameters: ``2*l*d`` (+1 for a learnable ``s``).
 """
-from typing import Dict
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import check_positive_int
-from .base import BaseTuner
+from .prefix import PrefixBase
 
 __all__ = ['DeformablePrefix']
 
 
-class DeformablePrefix(BaseTuner):
+class DeformablePrefix(PrefixBase):
     """Additive prefix-attention branch beside an MSDA module.
 
     Built by :class:`~mmpetl.tuners.ScaledPrefix` (and ``PrefixTuning``)
-    for ``MultiScaleDeformableAttention`` hosts.
-
-    Args:
-        dims (int): embedding width d.
-        num_heads (int): heads of the MSDA module.
-        num_prefix (int): prefix length l.
-        init_std (float): std of the normal init of the prefixes.
+    for ``MultiScaleDeformableAttention`` hosts; same arguments as
+    :class:`~mmpetl.tuners.prefix.PrefixBase`, with ``form='parallel'`` the
+    only form (deformable attention has no keys for a joint softmax).
     """
 
-    attr_name = 'prefix'
-    #: learned tokens (no weight decay by default, see the optimizer)
-    token_params = ('prefix_k', 'prefix_v')
+    forms = ('parallel', )
 
-    def __init__(self, dims: int, num_heads: int, num_prefix: int = 50,
-                 init_std: float = 0.02) -> None:
-        super().__init__()
-        check_positive_int('num_prefix', num_prefix, 'DeformablePrefix')
-        self.dims, self.num_heads, self.num_prefix = dims, num_heads, \
-            num_prefix
-        self.prefix_k = nn.Parameter(torch.randn(num_prefix, dims) * init_std)
-        self.prefix_v = nn.Parameter(torch.randn(num_prefix, dims) * init_std)
-        self.scale = nn.Parameter(torch.zeros(()))
+    @classmethod
+    def from_host(cls, host: nn.Module, **kwargs) -> 'DeformablePrefix':
+        cls.check_options(kwargs.get('form', 'parallel'),
+                          kwargs.get('init', 'scaled'), host)
+        return cls(host.embed_dims, host.num_heads, **kwargs)
 
     def _install(self, host: nn.Module) -> None:
         host.register_forward_hook(self._hook, with_kwargs=True)
@@ -61,26 +61,33 @@ class DeformablePrefix(BaseTuner):
             query = query + query_pos
         if not host.batch_first:
             query = query.transpose(0, 1)
+        if self._collected is not None:  # activation init: frozen host
+            bsz, length, _ = query.shape
+            pad = kwargs.get('key_padding_mask')
+            valid = ~pad if pad is not None and pad.shape[1] == length \
+                else None
+            self.collect(self.split(query), None, valid)
+            return output
         branch = self.forward(query, host.output_proj.weight)
         if not host.batch_first:
             branch = branch.transpose(0, 1)
+        if self.recording:
+            self.record_share(output, branch)
         return output + branch
+
+    def split(self, query: torch.Tensor) -> torch.Tensor:
+        """``(B, N, d)`` -> ``(B, heads, N, d_h)``."""
+        bsz, length, _ = query.shape
+        return query.view(bsz, length, self.num_heads, -1).transpose(1, 2)
 
     def forward(self, query: torch.Tensor,
                 out_weight: torch.Tensor) -> torch.Tensor:
         """``s * W_o * Attn(q, P_k, P_v)`` for a ``(bs, n, d)`` query."""
+        self._check_ready()
         bsz, length, dims = query.shape
-        heads = self.num_heads
-        q = query.view(bsz, length, heads, -1).transpose(1, 2)
-
-        def split(p):
-            return p.to(q.dtype).view(self.num_prefix, heads, -1).transpose(
-                0, 1).unsqueeze(0).expand(bsz, -1, -1, -1)
-
-        attn = F.scaled_dot_product_attention(q, split(self.prefix_k),
-                                              split(self.prefix_v))
+        q = self.split(query)
+        attn = F.scaled_dot_product_attention(
+            q, self.heads(self.prefix_k, bsz, q.dtype),
+            self.heads(self.prefix_v, bsz, q.dtype))
         attn = attn.transpose(1, 2).reshape(bsz, length, dims)
         return self.scale * F.linear(attn, out_weight.to(attn.dtype))
-
-    def describe(self) -> Dict[str, object]:
-        return dict(num_prefix=self.num_prefix)

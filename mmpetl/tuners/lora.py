@@ -85,7 +85,7 @@ class LoRALinear(_LoRAMixin, BaseTuner):
     def _hook(self, host, args, output):
         if self.merged:
             return output
-        return output + self.low_rank(args[0], self.lora_B)
+        return self.add_change(output, self.low_rank(args[0], self.lora_B))
 
     @torch.no_grad()
     def merge(self) -> bool:
@@ -133,6 +133,14 @@ class LoRAFusedAttention(_LoRAMixin, BaseTuner):
         b_q, b_k, b_v = self.lora_B.chunk(3)
         return (self.low_rank(query, b_q), self.low_rank(key, b_k),
                 self.low_rank(value, b_v))
+
+    def add_to_projections(self, q, k, v, query, key, value):
+        """``(q, k, v) + deltas`` (health stats on the value path)."""
+        d_q, d_k, d_v = self.in_proj_deltas(query, key, value)
+        if self.recording:
+            self.record_change(torch.cat([q, k, v]).flatten(),
+                               torch.cat([d_q, d_k, d_v]).flatten())
+        return q + d_q, k + d_k, v + d_v
 
     @torch.no_grad()
     def merge(self) -> bool:

@@ -1,36 +1,69 @@
 """Scaled prefix tuning (ETTA's attention tuner; Li & Liang's at s = 1).
 
 ``l`` learned prefixes ``P_k, P_v`` (each ``l x d``, split over the heads
-like projected keys/values) are prepended to the projected keys and values
-of every head, the prefix values scaled by a learnable ``s``:
+like projected keys/values) extend every head's attention in one of two
+forms (``form``):
 
-    h = softmax(Q [P_k; K]^T / sqrt(d_h)) [s * P_v; V]
-      = (1 - lam) * Attn(Q, K, V) + s * lam * Attn(Q, P_k, P_v)
+* ``'joint'``, ETTA's formula and Li & Liang's prefix tuning: one softmax
+  over the prefixes and the keys, the prefix values scaled by ``s``::
 
-with ``lam`` the share of the softmax mass that falls on the prefixes.
-``s = 1`` fixed is standard prefix tuning. Masks apply to the real keys
-only; prefix slots are always attended. Not exact at init (``lam > 0``).
+      h = softmax(Q [P_k; K]^T / sqrt(d_h)) [s * P_v; V]
+        = (1 - lam) * Attn(Q, K, V) + s * lam * Attn(Q, P_k, P_v)
+
+  ``lam`` is the softmax mass on the prefixes. Not exact at init: with
+  prefix logits near the keys' ones about ``l / (l + N)`` of the mass leaves
+  the N pretrained keys, shrinking the frozen attention's output at step 0.
+* ``'parallel'``: the prefixes get a softmax of their own, added to the
+  frozen attention::
+
+      h = Attn(Q, K, V) + s * Attn(Q, P_k, P_v)
+
+  With ``P_v = 0`` at init the tuned attention is exactly the frozen one,
+  and ``P_v`` still gets a first-order gradient at step 0 (through ``s``,
+  which starts non-zero). MMCV's deformable attention, which has no keys,
+  takes this form (:class:`~mmpetl.tuners.DeformablePrefix`).
+
+Initialisations (``init``):
+
+* ``'random'``: ``P_k, P_v ~ N(0, init_std^2)`` (Li & Liang without
+  re-parametrisation; mmpetl's first default).
+* ``'scaled'``: ``P_v = 0``; ``P_k ~ N(0, sigma^2)`` with ``sigma`` the rms
+  of the host's projected keys for unit-variance inputs
+  (``||W_k||_F / sqrt(d)``), so that prefix logits spread like the real
+  keys' ones instead of sitting near 0 (a uniform softmax makes the branch a
+  constant bias).
+* ``'activations'``: ``P_k`` (and, in the joint form, ``P_v``) are keys
+  (values) the frozen model itself projects on a few training batches
+  (Li & Liang found real-activation inits far better than random). The
+  ``parallel`` form keeps ``P_v = 0`` (exact at init). Done before the first
+  step by :class:`mmpetl.engine.hooks.TunerInitHook` (or
+  :func:`mmpetl.tuners.init_prefixes_from_activations`); training without
+  it is refused.
+
+Masks apply to the real keys only; prefix slots are always attended.
 
 Parameters, direct: ``2*l*d`` (+1 for a learnable ``s``). With the MLP
-reparametrisation (``reparam_hidden=h``) training holds an embedding and an
-MLP, ``l*d + d*h + h + 2*d*h + 2*d`` (+1), and deployment only the
-resulting ``2*l*d`` (+1).
-
-On MMCV's ``MultiScaleDeformableAttention``, which has no keys, the same
-config builds a :class:`~mmpetl.tuners.DeformablePrefix` instead.
+re-parametrisation (``reparam_hidden=h``, ``init='random'`` only) training
+holds an embedding and an MLP, ``l*d + d*h + h + 2*d*h + 2*d`` (+1), and
+deployment only the resulting ``2*l*d`` (+1).
 """
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mmpetl.registry import TUNERS
-from .common import check_positive_int
-from .attention import (install_tuned_forward, mmcv_attention_type,
-                        msda_type, vit_attention_type)
+from .attention import mmcv_attention_type, msda_type, vit_attention_type
 from .base import BaseTuner, TunerHostError
+from .common import check_positive_int
 
-__all__ = ['ScaledPrefix', 'PrefixTuning', 'attention_hosts']
+__all__ = ['ScaledPrefix', 'PrefixTuning', 'PrefixBase', 'attention_hosts',
+           'PREFIX_FORMS', 'PREFIX_INITS']
+
+PREFIX_FORMS = ('joint', 'parallel')
+PREFIX_INITS = ('random', 'scaled', 'activations')
 
 
 def attention_hosts(name: str, module: nn.Module,
@@ -54,51 +87,223 @@ def embed_dims_of(host: nn.Module) -> Tuple[int, int]:
     return dims, host.num_heads
 
 
-@TUNERS.register_module()
-class ScaledPrefix(BaseTuner):
-    """Scaled prefix tuning for multi-head attention.
+def key_weight_of(host: nn.Module) -> Optional[torch.Tensor]:
+    """The host's key projection ``W_k`` (``d x d``), None if it has none."""
+    if isinstance(host, nn.MultiheadAttention):
+        if host._qkv_same_embed_dim:
+            return host.in_proj_weight.chunk(3)[1]
+        return host.k_proj_weight
+    if isinstance(host, vit_attention_type()):
+        return host.qkv.weight.chunk(3)[1]
+    return None
+
+
+class PrefixBase(BaseTuner):
+    """Prefixes ``P_k, P_v``, their init and the scale ``s``; the host-side
+    computation is the subclass's.
 
     Args:
         dims (int): embedding width d of the attention.
         num_heads (int): heads; ``d`` must divide evenly.
         num_prefix (int): prefix length l (ETTA: ~50).
+        form (str): ``'joint'`` or ``'parallel'`` (see the module doc).
+        init (str): ``'random'``, ``'scaled'`` or ``'activations'``.
         scale (float): initial ``s``.
         learnable_scale (bool): learn ``s``; ``False`` with ``scale=1`` is
             standard prefix tuning.
-        reparam_hidden (int, optional): hidden width of the MLP
-            reparametrisation used in training; ``None`` learns ``P_k, P_v``
-            directly.
-        init_std (float): std of the normal init of the prefixes.
+        init_std (float): std of ``'random'``'s normal init.
+        key_std (float): std of ``P_k`` under ``'scaled'`` (the host's
+            ``from_host`` derives it from the key projection).
     """
 
     attr_name = 'prefix'
     #: learned tokens (no weight decay by default, see the optimizer)
     token_params = ('prefix_k', 'prefix_v', 'embedding')
+    forms: Tuple[str, ...] = PREFIX_FORMS
 
     def __init__(self, dims: int, num_heads: int, num_prefix: int = 50,
+                 form: str = 'parallel', init: str = 'scaled',
+                 scale: float = 1.0, learnable_scale: bool = True,
+                 init_std: float = 0.02, key_std: float = 1.0) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_positive_int('num_prefix', num_prefix, name)
+        self.check_options(form, init)
+        if dims % num_heads:
+            raise ValueError(f'{name}: {dims} dims do not split over '
+                             f'{num_heads} heads')
+        self.dims, self.num_heads, self.num_prefix = dims, num_heads, \
+            num_prefix
+        self.form, self.init = form, init
+        self.prefix_k = nn.Parameter(torch.empty(num_prefix, dims))
+        self.prefix_v = nn.Parameter(torch.empty(num_prefix, dims))
+        if init == 'random':
+            nn.init.normal_(self.prefix_k, std=init_std)
+            nn.init.normal_(self.prefix_v, std=init_std)
+        else:  # 'scaled', and the placeholder until activations arrive
+            nn.init.normal_(self.prefix_k, std=key_std)
+            nn.init.zeros_(self.prefix_v)
+        self._init_scale(scale, learnable_scale)
+        #: True until init='activations' has its data (TunerInitHook)
+        self.needs_data_init = init == 'activations'
+        self._collected: Optional[List[Tuple[torch.Tensor, ...]]] = None
+
+    @classmethod
+    def check_options(cls, form: str, init: str,
+                      host: Optional[nn.Module] = None) -> None:
+        """Refuse an unknown ``form``/``init``, naming the valid choices
+        (and the host type when known)."""
+        where = cls.__name__ if host is None else (
+            f'{cls.__name__} on {type(host).__module__}.'
+            f'{type(host).__name__}')
+        if form not in PREFIX_FORMS:
+            raise ValueError(f'{where}: unknown form={form!r}; valid forms: '
+                             f'{list(PREFIX_FORMS)}')
+        if init not in PREFIX_INITS:
+            raise ValueError(f'{where}: unknown init={init!r}; valid inits: '
+                             f'{list(PREFIX_INITS)}')
+        if form not in cls.forms:
+            raise TunerHostError(
+                f"prefix form={form!r} does not apply to {where} "
+                f'(deformable attention samples values at offsets and has '
+                f'no keys to share a softmax with); valid forms there: '
+                f"{list(cls.forms)}. Use form='parallel', or point the "
+                f"joint-form tuner at MultiheadAttention only (e.g. presets="
+                f"['decoder_self_attn']).")
+
+    # -- prefixes -----------------------------------------------------------
+    def key_values(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(P_k, P_v)``, each ``(l, d)`` (``s`` not applied)."""
+        return self.prefix_k, self.prefix_v
+
+    def heads(self, prefix: torch.Tensor, bsz: int,
+              dtype: torch.dtype) -> torch.Tensor:
+        """``(l, d)`` -> ``(bsz, heads, l, d_h)`` (a view)."""
+        return prefix.to(dtype).view(self.num_prefix, self.num_heads,
+                                     -1).transpose(0, 1).unsqueeze(0).expand(
+                                         bsz, -1, -1, -1)
+
+    def _check_ready(self) -> None:
+        if self.needs_data_init and self.training:
+            raise RuntimeError(
+                f"{type(self).__name__}(init='activations') has not been "
+                f'initialised from activations: mmpetl.TunerInitHook does '
+                f'it before the first training step (it is in '
+                f'configs/_base_/petl_runtime.py); outside a Runner call '
+                f'mmpetl.tuners.init_prefixes_from_activations(model, '
+                f'batches) first.')
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint that holds the prefixes (tuner checkpoint, resume)
+        # replaces any data-dependent init
+        if prefix + 'prefix_k' in state_dict:
+            self.needs_data_init = False
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # -- init='activations' -------------------------------------------------
+    def start_collecting(self) -> None:
+        """Record what the frozen host computes (prefix branch off)."""
+        self._collected = []
+
+    def collect(self, keys: torch.Tensor, values: Optional[torch.Tensor],
+                valid: Optional[torch.Tensor]) -> None:
+        """Keep tokens for the activation init.
+
+        Args:
+            keys: ``(B, H, S, d_h)`` projected keys (or queries, MSDA).
+            values: ``(B, H, S, d_h)`` projected values, or None.
+            valid: ``(B, S)`` bool, False at padded positions; None: all.
+        """
+        def tokens(t):  # (B, H, S, d_h) -> (B*S, d)
+            return t.detach().transpose(1, 2).reshape(-1, self.dims)
+
+        keep = None if valid is None else valid.reshape(-1)
+        k = tokens(keys)
+        v = None if values is None else tokens(values)
+        if keep is not None:
+            k = k[keep]
+            v = None if v is None else v[keep]
+        self._collected.append((k.float().cpu(),
+                                None if v is None else v.float().cpu()))
+
+    @torch.no_grad()
+    def finish_collecting(self, generator: torch.Generator) -> None:
+        """Draw ``l`` distinct collected tokens as the prefixes."""
+        collected, self._collected = self._collected, None
+        if not collected:
+            raise RuntimeError(
+                f'{type(self).__name__}: no activations reached this '
+                f'attention during the init batches (is it on the path of '
+                f'the forward?)')
+        keys = torch.cat([k for k, _ in collected])
+        if keys.shape[0] < self.num_prefix:
+            raise RuntimeError(
+                f"{type(self).__name__}(init='activations') needs "
+                f'{self.num_prefix} tokens, the init batches gave '
+                f'{keys.shape[0]}: use more init batches or fewer prefixes')
+        pick = torch.randperm(keys.shape[0], generator=generator)[
+            :self.num_prefix]
+        self.prefix_k.copy_(keys[pick])
+        if self.form == 'joint' and collected[0][1] is not None:
+            values = torch.cat([v for _, v in collected])
+            self.prefix_v.copy_(values[pick] / float(self.scale))
+        self.needs_data_init = False
+
+    # -- health statistics --------------------------------------------------
+    @torch.no_grad()
+    def record_share(self, frozen: torch.Tensor, change: torch.Tensor,
+                     share: Optional[torch.Tensor] = None) -> None:
+        """Health stats: contribution, ``s`` and the prefix share ``lam``
+        (given: the joint form's softmax mass; else the parallel form's
+        ||branch|| / (||frozen|| + ||branch||))."""
+        if share is None:
+            frozen_norm = frozen.detach().float().norm()
+            change_norm = change.detach().float().norm()
+            share = change_norm / (frozen_norm + change_norm).clamp_min(
+                1e-12)
+        self.record_change(frozen, change, share=share)
+
+    def num_deploy_params(self) -> int:
+        return 2 * self.num_prefix * self.dims + int(
+            isinstance(self.scale, nn.Parameter))
+
+    def describe(self) -> Dict[str, object]:
+        return dict(num_prefix=self.num_prefix, form=self.form,
+                    init=self.init)
+
+
+@TUNERS.register_module()
+class ScaledPrefix(PrefixBase):
+    """Scaled prefix tuning for multi-head attention (see the module doc).
+
+    Args (beyond :class:`PrefixBase`'s):
+        reparam_hidden (int, optional): hidden width of the MLP
+            re-parametrisation used in training (``init='random'`` only);
+            ``None`` learns ``P_k, P_v`` directly.
+    """
+
+    def __init__(self, dims: int, num_heads: int, num_prefix: int = 50,
+                 form: str = 'parallel', init: str = 'scaled',
                  scale: float = 1.0, learnable_scale: bool = True,
                  reparam_hidden: Optional[int] = None,
-                 init_std: float = 0.02) -> None:
-        super().__init__()
-        check_positive_int('num_prefix', num_prefix, type(self).__name__)
+                 init_std: float = 0.02, key_std: float = 1.0) -> None:
+        super().__init__(dims, num_heads, num_prefix, form, init, scale,
+                         learnable_scale, init_std, key_std)
+        self.reparam_hidden = reparam_hidden
         if reparam_hidden is not None:
             check_positive_int('reparam_hidden', reparam_hidden,
                                type(self).__name__)
-        self.dims, self.num_heads, self.num_prefix = dims, num_heads, \
-            num_prefix
-        self.reparam_hidden = reparam_hidden
-        if reparam_hidden is None:
-            self.prefix_k = nn.Parameter(torch.randn(num_prefix, dims) *
-                                         init_std)
-            self.prefix_v = nn.Parameter(torch.randn(num_prefix, dims) *
-                                         init_std)
-        else:
+            if init != 'random':
+                raise ValueError(
+                    f"{type(self).__name__}: reparam_hidden needs "
+                    f"init='random' (got init={init!r}); the MLP produces "
+                    f'the prefixes, so they cannot be set directly')
+            del self.prefix_k, self.prefix_v
             self.embedding = nn.Parameter(torch.randn(num_prefix, dims) *
                                           init_std)
             self.reparam = nn.Sequential(
                 nn.Linear(dims, reparam_hidden), nn.Tanh(),
                 nn.Linear(reparam_hidden, 2 * dims))
-        self._init_scale(scale, learnable_scale)
 
     @classmethod
     def resolve_hosts(cls, name, module, **tuner_kwargs):
@@ -109,26 +314,90 @@ class ScaledPrefix(BaseTuner):
         dims, num_heads = embed_dims_of(host)
         if isinstance(host, msda_type()):
             from .deformable_prefix import DeformablePrefix
-            # MSDA's branch is additive with s starting at 0 (exact at
-            # init); the MHA-only options do not apply to it.
-            for key in ('reparam_hidden', 'learnable_scale', 'scale'):
-                kwargs.pop(key, None)
-            return DeformablePrefix(dims, num_heads, **kwargs)
+            if kwargs.get('reparam_hidden') is not None:
+                raise TunerHostError(
+                    f'{cls.__name__}: reparam_hidden does not apply to '
+                    f'MultiScaleDeformableAttention hosts (their prefix '
+                    f'branch learns P_k, P_v directly)')
+            kwargs.pop('reparam_hidden', None)
+            return DeformablePrefix.from_host(host, **kwargs)
+        cls.check_options(kwargs.get('form', 'parallel'),
+                          kwargs.get('init', 'scaled'), host)
+        weight = key_weight_of(host)
+        kwargs.setdefault('key_std', float(
+            weight.detach().float().norm() / math.sqrt(weight.shape[0])))
         return cls(dims, num_heads, **kwargs)
 
     def _install(self, host: nn.Module) -> None:
         if getattr(host, 'v_shortcut', False):
             raise TunerHostError('prefix tuning does not support '
                                  'MultiheadAttention with v_shortcut=True')
+        from .attention import install_tuned_forward
         install_tuned_forward(host)
 
     def key_values(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(P_k, s * P_v)``, each ``(l, d)``."""
         if self.reparam_hidden is None:
-            p_k, p_v = self.prefix_k, self.prefix_v
-        else:
-            p_k, p_v = self.reparam(self.embedding).chunk(2, dim=-1)
-        return p_k, self.scale * p_v
+            return self.prefix_k, self.prefix_v
+        p_k, p_v = self.reparam(self.embedding).chunk(2, dim=-1)
+        return p_k, p_v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               attn_mask: Optional[torch.Tensor] = None,
+               dropout_p: float = 0.0) -> torch.Tensor:
+        """Attention of ``(B, H, L, d_h)`` queries over the real keys and
+        the prefixes, in this tuner's form.
+
+        Args:
+            q, k, v: ``(B, H, L|S, d_h)`` projected queries, keys, values.
+            attn_mask: additive mask broadcastable to ``(B, H, L, S)`` over
+                the real keys (prefix slots are never masked), or None.
+            dropout_p: attention dropout.
+
+        Returns:
+            Tensor: ``(B, H, L, d_h)``.
+        """
+        if self._collected is not None:  # activation init: frozen host
+            valid = None
+            if attn_mask is not None and attn_mask.shape[0] == q.shape[0]:
+                valid = torch.isfinite(attn_mask[:, 0, 0, :]) & (
+                    attn_mask[:, 0, 0, :] > -1e4)
+            self.collect(k, v, valid)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask,
+                                                  dropout_p)
+        self._check_ready()
+        bsz = q.shape[0]
+        p_k, p_v = (self.heads(p, bsz, q.dtype) for p in self.key_values())
+        scale = self.scale.to(q.dtype) if torch.is_tensor(
+            self.scale) else self.scale
+        if self.form == 'joint':
+            mask = None if attn_mask is None else F.pad(
+                attn_mask, (self.num_prefix, 0))  # prefixes: never masked
+            out = F.scaled_dot_product_attention(
+                q, torch.cat([p_k, k], dim=2),
+                torch.cat([scale * p_v, v], dim=2), mask, dropout_p)
+            if self.recording:
+                self._record_joint(q, k, v, p_k, attn_mask, out)
+            return out
+        frozen = F.scaled_dot_product_attention(q, k, v, attn_mask,
+                                                dropout_p)
+        branch = scale * F.scaled_dot_product_attention(q, p_k, p_v,
+                                                        None, dropout_p)
+        if self.recording:
+            self.record_share(frozen, branch)
+        return frozen + branch
+
+    @torch.no_grad()
+    def _record_joint(self, q, k, v, p_k, attn_mask, out) -> None:
+        """lam = softmax mass on the prefixes; change vs. the frozen one."""
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        real = (q @ k.transpose(-1, -2)) * scale
+        if attn_mask is not None:
+            real = real + attn_mask
+        pre = (q @ p_k.transpose(-1, -2)) * scale
+        lse_real, lse_pre = real.logsumexp(-1), pre.logsumexp(-1)
+        share = torch.sigmoid(lse_pre - lse_real).mean()
+        frozen = F.scaled_dot_product_attention(q, k, v, attn_mask)
+        self.record_share(frozen, out - frozen, share)
 
     @torch.no_grad()
     def fold_reparam(self) -> bool:
@@ -143,23 +412,27 @@ class ScaledPrefix(BaseTuner):
         self.reparam_hidden = None
         return True
 
-    def num_deploy_params(self) -> int:
-        return 2 * self.num_prefix * self.dims + int(
-            isinstance(self.scale, nn.Parameter))
-
-    def describe(self) -> Dict[str, object]:
-        return dict(num_prefix=self.num_prefix)
-
 
 @TUNERS.register_module()
 class PrefixTuning(ScaledPrefix):
-    """Standard prefix tuning: :class:`ScaledPrefix` with ``s = 1`` fixed."""
+    """Standard prefix tuning: :class:`ScaledPrefix` with ``s = 1`` fixed
+    (Li & Liang: the joint form, random init, by default)."""
 
     def __init__(self, dims: int, num_heads: int, num_prefix: int = 50,
+                 form: str = 'joint', init: str = 'random',
                  reparam_hidden: Optional[int] = None,
-                 init_std: float = 0.02, **kwargs) -> None:
+                 init_std: float = 0.02, key_std: float = 1.0,
+                 **kwargs) -> None:
         if kwargs:
             raise TypeError(f'PrefixTuning got unexpected {sorted(kwargs)}')
-        super().__init__(dims, num_heads, num_prefix, scale=1.0,
-                         learnable_scale=False,
-                         reparam_hidden=reparam_hidden, init_std=init_std)
+        super().__init__(dims, num_heads, num_prefix, form, init,
+                         scale=1.0, learnable_scale=False,
+                         reparam_hidden=reparam_hidden, init_std=init_std,
+                         key_std=key_std)
+
+    @classmethod
+    def from_host(cls, host: nn.Module, **kwargs) -> BaseTuner:
+        if isinstance(host, msda_type()):
+            kwargs.setdefault('form', 'parallel')
+            kwargs.update(scale=1.0, learnable_scale=False)
+        return super().from_host(host, **kwargs)

@@ -42,4 +42,4 @@ class SerialAdapter(ParallelAdapter):
         # the FFN's residual-free output; its dropout_layer is identity in
         # eval and in every config mmpetl ships
         mlp_out = output - identity
-        return output + self.scale * self.branch(mlp_out)
+        return self.add_change(output, self.scale * self.branch(mlp_out))

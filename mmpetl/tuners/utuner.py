@@ -92,7 +92,7 @@ class UTuner(BaseTuner):
             source = args[0]
         else:
             source = kwargs['query' if 'query' in kwargs else 'x']
-        return output + self.scale * self.branch(source)
+        return self.add_change(output, self.scale * self.branch(source))
 
     def describe(self) -> Dict[str, object]:
         return dict(bottleneck=self.bottleneck, form=self.form)

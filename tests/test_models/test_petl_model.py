@@ -39,6 +39,10 @@ EXACT = [
     ('detr', DUAL_U_SEQ),
     ('deformable_detr', FIRST_U),
     ('vit', DUAL_U_SEQ),
+    # ETTA's default prefix (parallel form, P_v = 0) on every host
+    ('detr', ETTA),
+    ('deformable_detr', ETTA),
+    ('vit', ETTA),
 ]
 
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn as nn
 from mmcv.ops import MultiScaleDeformableAttention
@@ -25,10 +26,12 @@ def test_exact_at_init_then_additive_branch():
                                          batch_first=True).eval()
     kwargs = msda_inputs()
     base = msda(**kwargs)
-    tuner = ScaledPrefix.from_host(msda, num_prefix=P, init_std=1.0)
+    # mmpetl's first default: random prefixes, s = 0 (exact at init)
+    tuner = ScaledPrefix.from_host(msda, num_prefix=P, init_std=1.0,
+                                   init='random', scale=0.0)
     assert isinstance(tuner, DeformablePrefix)
     tuner.attach(msda)
-    assert torch.equal(msda(**kwargs), base)  # s starts at 0
+    assert torch.equal(msda(**kwargs), base)
     with torch.no_grad():
         tuner.scale.fill_(0.7)
     q = kwargs['query'] + kwargs['query_pos']
@@ -43,15 +46,19 @@ def test_exact_at_init_then_additive_branch():
                                rtol=1e-5)
 
 
-def test_count_and_gradient_of_scale():
+def test_count_and_default_init_learns_at_step_0():
+    """Default init='scaled': s = 1, P_v = 0 (exact), P_k ~ N(0, 1): P_v
+    gets a gradient at once (s and P_k follow once P_v moved)."""
     msda = MultiScaleDeformableAttention(embed_dims=D, num_heads=HEADS,
                                          num_levels=2, num_points=2,
                                          batch_first=True)
     tuner = ScaledPrefix.from_host(msda, num_prefix=P)
     tuner.attach(msda)
     assert tuner.num_train_params() == 2 * P * D + 1
+    assert tuner.scale.item() == 1.0 and not tuner.prefix_v.any()
+    assert tuner.prefix_k.std().item() == pytest.approx(1.0, rel=0.2)
     msda(**msda_inputs()).square().sum().backward()
-    assert tuner.scale.grad.abs() > 0  # s learns first; P_k/P_v follow
+    assert tuner.prefix_v.grad.abs().max() > 0
 
 
 def test_seq_first_layout():
@@ -62,10 +69,8 @@ def test_seq_first_layout():
     seq_first = {k: (v.transpose(0, 1) if k in ('query', 'query_pos',
                                                  'value') else v)
                  for k, v in kwargs.items()}
-    tuner = ScaledPrefix.from_host(msda, num_prefix=P)
+    tuner = ScaledPrefix.from_host(msda, num_prefix=P, init='random')
     tuner.attach(msda)
-    with torch.no_grad():
-        tuner.scale.fill_(1.0)
     out = msda(**seq_first)
     branch = tuner(kwargs['query'] + kwargs['query_pos'],
                    msda.output_proj.weight)

@@ -1,4 +1,5 @@
-"""Scaled prefix tuning against a float64 reference written from the formula."""
+"""Scaled prefix tuning against float64 references written from the formulas
+(the joint form: one softmax over [P_k; K]; the parallel form: its own)."""
 import pytest
 import torch
 import torch.nn as nn
@@ -49,7 +50,8 @@ def make(batch_first=False, scale=1.0):
     nn.init.normal_(mha.in_proj_bias)
     nn.init.normal_(mha.out_proj.bias)
     prefix = ScaledPrefix.from_host(mha, num_prefix=P, scale=scale,
-                                    init_std=1.0)
+                                    init_std=1.0, form='joint',
+                                    init='random')
     prefix.attach(mha)
     return mha, prefix
 
@@ -104,7 +106,8 @@ def test_scaled_prefix_decomposition():
     """h = (1 - lam) Attn(Q,K,V) + s lam Attn(Q,P_k,P_v), single head."""
     mha = nn.MultiheadAttention(E, 1).eval()
     prefix = ScaledPrefix.from_host(mha, num_prefix=P, scale=2.5,
-                                    init_std=1.0)
+                                    init_std=1.0, form='joint',
+                                    init='random')
     prefix.attach(mha)
     x = torch.randn(L, 1, E)
     w, b = mha.in_proj_weight.double(), mha.in_proj_bias.double()
@@ -158,7 +161,8 @@ def test_parameter_counts_closed_form():
     assert direct.num_train_params() == 2 * P * E + 1
     assert direct.num_deploy_params() == 2 * P * E + 1
     hidden = 32
-    mlp = ScaledPrefix.from_host(mha, num_prefix=P, reparam_hidden=hidden)
+    mlp = ScaledPrefix.from_host(mha, num_prefix=P, reparam_hidden=hidden,
+                                 init='random')
     assert mlp.num_train_params() == (P * E + E * hidden + hidden +
                                       hidden * 2 * E + 2 * E + 1)
     assert mlp.num_deploy_params() == 2 * P * E + 1
@@ -169,7 +173,8 @@ def test_parameter_counts_closed_form():
 
 def test_reparametrised_prefix_feeds_attention():
     mha = nn.MultiheadAttention(E, H).eval()
-    prefix = ScaledPrefix.from_host(mha, num_prefix=P, reparam_hidden=8)
+    prefix = ScaledPrefix.from_host(mha, num_prefix=P, reparam_hidden=8,
+                                    init='random')
     prefix.attach(mha)
     p_k, p_v = prefix.key_values()
     assert p_k.shape == p_v.shape == (P, E)
@@ -181,6 +186,41 @@ def test_reparametrised_prefix_feeds_attention():
     assert prefix.num_train_params() == prefix.num_deploy_params() == \
         2 * P * E + 1
     torch.testing.assert_close(mha(q, k, v)[0], out)
+
+
+@pytest.mark.parametrize('batch_first', [False, True])
+def test_parallel_form_adds_its_own_prefix_attention(batch_first):
+    """h = Attn(Q, K, V) + s Attn(Q, P_k, P_v): the frozen attention (with
+    its masks) plus a separately normalised prefix attention."""
+    mha = nn.MultiheadAttention(E, H, batch_first=batch_first).eval()
+    nn.init.normal_(mha.in_proj_bias)
+    q, k, v = inputs(batch_first)
+    pad = torch.zeros(N, S, dtype=torch.bool)
+    pad[0, -3:] = True
+    frozen = reference(mha, None, q, k, v, key_padding_mask=pad,
+                       batch_first=batch_first)
+    prefix = ScaledPrefix.from_host(mha, num_prefix=P, scale=0.6,
+                                    init='random', init_std=1.0,
+                                    form='parallel')
+    prefix.attach(mha)
+    out, _ = mha(q, k, v, key_padding_mask=pad)
+    # the prefix branch alone: a query attends over P_k only
+    query = q.transpose(0, 1) if batch_first else q
+    w = mha.in_proj_weight.double()
+    b = mha.in_proj_bias.double()
+    qp = query.double() @ w[:E].T + b[:E]
+    d = E // H
+    heads = []
+    for h in range(H):
+        sl = slice(h * d, (h + 1) * d)
+        att = (qp[..., sl] @ prefix.prefix_k.double()[:, sl].T /
+               d**0.5).softmax(-1)
+        heads.append(att @ prefix.prefix_v.double()[:, sl])
+    branch = 0.6 * torch.cat(heads, -1) @ mha.out_proj.weight.double().T
+    if batch_first:
+        branch = branch.transpose(0, 1)
+    torch.testing.assert_close(out.double(), frozen + branch, atol=1e-5,
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize('bad', [0, -3, 2.5, True, None])
