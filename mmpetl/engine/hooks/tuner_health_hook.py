@@ -19,21 +19,14 @@ whose contribution is still below ``inert_threshold``::
 Nothing is synchronised with the device on other iterations.
 """
 from collections import defaultdict
-from typing import Dict, List
 
-import torch
 from mmengine.hooks import Hook
 
+from mmpetl.models.health import STAT_KEYS, TunerProbe
 from mmpetl.registry import HOOKS
-from mmpetl.tuners import BaseTuner
 from mmpetl.utils import unwrap_model
 
 __all__ = ['TunerHealthHook']
-
-
-def _tuners(model) -> List:
-    return [(n, m) for n, m in unwrap_model(model).named_modules()
-            if isinstance(m, BaseTuner)]
 
 
 @HOOKS.register_module()
@@ -53,25 +46,18 @@ class TunerHealthHook(Hook):
                  inert_threshold: float = 1e-3) -> None:
         self.interval, self.inert_after = interval, inert_after
         self.inert_threshold = inert_threshold
-        self._snapshot: Dict[str, List[torch.Tensor]] = {}
+        self._probe = None
         self._warned = set()
         self._active = False
 
-    def _due(self, runner) -> bool:
-        step = runner.iter + 1
-        return step == 1 or step % self.interval == 0
-
-    def _params(self, tuner) -> List[torch.Tensor]:
-        return [p.detach().clone() for p in tuner.parameters()]
-
     def before_train(self, runner) -> None:
-        self._snapshot = {n: self._params(t) for n, t in _tuners(runner.model)}
+        self._probe = TunerProbe(runner.model)
 
     def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
-        self._active = self._due(runner)
+        step = runner.iter + 1
+        self._active = step == 1 or step % self.interval == 0
         if self._active:
-            for _, tuner in _tuners(runner.model):
-                tuner.recording = True
+            self._probe.start()
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:
@@ -79,53 +65,35 @@ class TunerHealthHook(Hook):
             return
         self._active = False
         step = runner.iter + 1
-        per_layer, per_type = {}, defaultdict(lambda: defaultdict(list))
-        hosts = {}
-        for name, tuner in _tuners(runner.model):
-            tuner.recording = False
-            stats = dict(tuner.last_stats)
-            tuner.last_stats = {}
-            now = self._params(tuner)
-            before = self._snapshot.get(name, now)
-            delta = sum(float((a - b).float().norm()**2)
-                        for a, b in zip(now, before))**0.5
-            scale = max(sum(float(b.float().norm()**2) for b in before)**0.5,
-                        sum(float(a.float().norm()**2) for a in now)**0.5,
-                        1e-12)
-            stats['update_ratio'] = delta / scale
-            self._snapshot[name] = now
-            kind = type(tuner).__name__
-            hosts[name] = kind
-            for key, value in stats.items():
-                per_layer[f'tuner_layer/{name}/{key}'] = value
-                per_type[kind][key].append(value)
-        summary = {}
+        per_tuner, per_type = self._probe.finish()
+        scalars = {f'tuner_layer/{name}/{key}': value
+                   for name, stats in per_tuner.items()
+                   for key, value in stats.items()}
         parts = []
         for kind, stats in sorted(per_type.items()):
             text = []
-            for key in ('scale', 'share', 'contribution', 'update_ratio'):
+            for key in STAT_KEYS:
                 values = stats.get(key)
                 if not values:
                     continue
-                mean = sum(values) / len(values)
-                summary[f'tuner/{kind}/{key}'] = mean
-                text.append(f'{key} {mean:.3g} [{min(values):.3g}, '
-                            f'{max(values):.3g}]')
-            parts.append(f'{kind} (x{len(next(iter(stats.values())))}): ' +
+                scalars[f'tuner/{kind}/{key}'] = sum(values) / len(values)
+                text.append(f'{key} {sum(values) / len(values):.3g} '
+                            f'[{min(values):.3g}, {max(values):.3g}]')
+            parts.append(f'{kind} (x{len(stats["update_ratio"])}): ' +
                          ', '.join(text))
-        runner.visualizer.add_scalars(dict(summary, **per_layer), step=step)
+        runner.visualizer.add_scalars(scalars, step=step)
         runner.logger.info(f'mmpetl: tuner health at iteration {step}: ' +
                            '; '.join(parts))
         if step >= self.inert_after:
-            self._warn_inert(runner, step, hosts, per_layer)
+            self._warn_inert(runner, step, per_tuner)
 
-    def _warn_inert(self, runner, step, hosts, per_layer) -> None:
+    def _warn_inert(self, runner, step, per_tuner) -> None:
         model = unwrap_model(runner.model)
         by_kind = defaultdict(list)
-        for name, kind in hosts.items():
-            value = per_layer.get(f'tuner_layer/{name}/contribution')
-            if value is not None:
-                by_kind[kind].append((name, value))
+        for name, stats in per_tuner.items():
+            if 'contribution' in stats:
+                kind = type(model.get_submodule(name)).__name__
+                by_kind[kind].append((name, stats['contribution']))
         for kind, items in by_kind.items():
             inert = [n for n, v in items if v < self.inert_threshold]
             if not inert or kind in self._warned:
