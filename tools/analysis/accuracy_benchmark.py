@@ -81,7 +81,16 @@ def parse_args():
 
 def run_one(args, method, seed, base_path):
     config, overrides = METHODS[method]
-    options = dict(load_from=base_path, randomness=dict(seed=seed))
+    return run_config(args, method, config, overrides, seed, base_path)
+
+
+def run_config(args, name, config, overrides, seed, base_path,
+               options=None, health_interval=None):
+    """One training run of demo ``config`` with ``model`` overrides (and
+    other config ``options``); ``health_interval`` makes the
+    TunerHealthHook record every that many iterations."""
+    options = dict(options or {}, load_from=base_path,
+                   randomness=dict(seed=seed))
     if overrides:
         for key, value in overrides.items():
             options[f'model.{key}'] = value
@@ -89,19 +98,24 @@ def run_one(args, method, seed, base_path):
         options.update({'train_cfg.max_iters': args.iters,
                         'train_cfg.val_interval': args.iters,
                         'default_hooks.checkpoint.interval': args.iters})
-    work_dir = osp.join(args.work_dir, f'{method}_seed{seed}')
+    work_dir = osp.join(args.work_dir, f'{name}_seed{seed}')
     cfg = run_demo._cfg(config, work_dir, args.data_root, **options)
+    if health_interval:
+        for hook in cfg.get('custom_hooks', []):
+            if hook['type'] == 'mmpetl.TunerHealthHook':
+                hook['interval'] = health_interval
     runner, metrics, seconds = run_demo._train(cfg)
     trainable, total, stored, size = run_demo.stored_per_task(runner,
                                                               work_dir)
-    return dict(method=method, seed=seed, config=f'configs/demo/{config}',
-                overrides=overrides, trainable=trainable, total=total,
-                trainable_pct=100.0 * trainable / total, stored=stored,
-                checkpoint_mib=size,
+    return dict(method=name, seed=seed, config=f'configs/demo/{config}',
+                overrides=overrides, options=options, trainable=trainable,
+                total=total, trainable_pct=100.0 * trainable / total,
+                stored=stored, checkpoint_mib=size,
                 bbox_mAP=float(metrics.get('coco/bbox_mAP', float('nan'))),
                 bbox_AP50=float(metrics.get('coco/bbox_mAP_50',
                                             float('nan'))),
-                iters=runner.iter, minutes=seconds / 60)
+                iters=runner.iter, minutes=seconds / 60,
+                work_dir=work_dir)
 
 
 def summarize(runs):

@@ -118,23 +118,38 @@ def as_data(images, labels, index):
                               for i in index])
 
 
-def build_optim(model, lr, petl):
+def build_optim(model, lr, petl, paramwise_cfg=None):
     from mmengine.optim import build_optim_wrapper
     cfg = dict(type='OptimWrapper',
                optimizer=dict(type='AdamW', lr=lr, weight_decay=0.01),
                clip_grad=dict(max_norm=1.0))
     if petl:
         cfg['constructor'] = 'mmpetl.PETLOptimWrapperConstructor'
+        cfg['paramwise_cfg'] = dict(paramwise_cfg or {})
     return build_optim_wrapper(model, cfg)
 
 
-def train(model, optim, images, labels, iters, batch, seed):
+def train(model, optim, images, labels, iters, batch, seed, probe=None,
+          probe_every=10):
+    """``model.train_step`` over seeded batches; with a ``TunerProbe``,
+    its statistics every ``probe_every`` iterations (and the first) as
+    ``[(iteration, per-type stats)]``. Returns (mean of the last 20
+    losses, trajectory)."""
     model.train()
-    last = []
-    for index in batches(len(labels), batch, iters, seed):
+    last, trajectory = [], []
+    for step, index in enumerate(batches(len(labels), batch, iters, seed),
+                                 1):
+        due = probe is not None and (step == 1 or step % probe_every == 0)
+        if due:
+            probe.start()
         log = model.train_step(as_data(images, labels, index), optim)
+        if due:
+            per_type = probe.finish()[1]
+            trajectory.append((step, {k: {s: sum(v) / len(v)
+                                          for s, v in stats.items()}
+                                      for k, stats in per_type.items()}))
         last.append(float(log['loss'].detach()))  # log_vars keep the graph
-    return statistics.mean(last[-20:])
+    return statistics.mean(last[-20:]), trajectory
 
 
 @torch.no_grad()
@@ -169,10 +184,18 @@ def train_base(args):
 
 
 def run_one(args, method, seed, base_state, target):
-    from mmpetl.models import PETLModel, build_inner_model
+    return run_spec(args, method, METHODS[method], seed, base_state, target)
+
+
+def run_spec(args, name, spec, seed, base_state, target,
+             paramwise_cfg=None, probe_every=None):
+    """One run: ``spec`` holds PETLModel arguments (None: full
+    fine-tuning); ``probe_every`` records tuner statistics on the way."""
+    from mmpetl.models import (PETLModel, build_inner_model,
+                               init_prefixes_from_activations)
+    from mmpetl.models.health import TunerProbe
     images, labels, test_images, test_labels = target
     torch.manual_seed(seed)
-    spec = METHODS[method]
     if spec is None:
         model = build_inner_model(vit_cfg(), 'mmpretrain')
         model.init_weights()  # the new head's init
@@ -185,16 +208,24 @@ def run_one(args, method, seed, base_state, target):
     # only the new head is not from the base (tuner keys are not reported)
     assert not result.unexpected_keys and all(
         k.startswith('head.') for k in result.missing_keys), result
+    # init='activations': two training batches of the frozen model, as
+    # the Runner's TunerInitHook does (its own seeded order)
+    init_prefixes_from_activations(model, [
+        as_data(images, labels, index)
+        for index in batches(len(labels), args.batch, 2, seed + 10**6)])
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lr = args.full_lr if spec is None else args.petl_lr
     start = time.time()
-    loss = train(model, build_optim(model, lr, petl=spec is not None),
-                 images, labels, args.iters, args.batch, seed)
-    return dict(method=method, seed=seed, trainable=trainable, total=total,
+    probe = TunerProbe(model) if probe_every and spec is not None else None
+    loss, trajectory = train(
+        model, build_optim(model, lr, spec is not None, paramwise_cfg),
+        images, labels, args.iters, args.batch, seed, probe,
+        probe_every or 10)
+    return dict(method=name, seed=seed, trainable=trainable, total=total,
                 trainable_pct=100.0 * trainable / total, final_loss=loss,
                 top1=top1(model, test_images, test_labels),
-                seconds=time.time() - start)
+                seconds=time.time() - start, trajectory=trajectory)
 
 
 def summarize(runs):
