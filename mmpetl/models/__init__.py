@@ -1,4 +1,11 @@
 from .backbones import TorchvisionMobileNetV2  # noqa: F401
+from .checkpointing import (apply_activation_checkpointing,
+                            checkpointing_table, observe_checkpoint_inputs,
+                            resolve_checkpoint_targets)
 from .petl_model import PETLModel, build_inner_model
 
-__all__ = ['PETLModel', 'build_inner_model', 'TorchvisionMobileNetV2']
+__all__ = [
+    'PETLModel', 'build_inner_model', 'TorchvisionMobileNetV2',
+    'apply_activation_checkpointing', 'resolve_checkpoint_targets',
+    'observe_checkpoint_inputs', 'checkpointing_table'
+]
