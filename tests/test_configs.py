@@ -8,6 +8,7 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 import mmpetl  # noqa: F401
+from tests.conftest import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,6 @@ def test_activation_checkpointing_base_config_turns_it_on(tmp_path, capsys):
     model (type, tuners, trainable: the arch base's `_delete_` merge is
     kept) gains the key, it survives a dump/reload, and print_injection
     lists the 12 checkpointed layers."""
-    import importlib.util
     path = 'configs/methods/etta+ckpt_deformable-detr_r50_coco.py'
     cfg = Config.fromfile(str(ROOT / path))
     plain = Config.fromfile(
@@ -104,11 +104,7 @@ def test_activation_checkpointing_base_config_turns_it_on(tmp_path, capsys):
     cfg.dump(str(tmp_path / 'dumped.py'))
     again = Config.fromfile(str(tmp_path / 'dumped.py'))
     assert again.model.to_dict() == cfg.model.to_dict()
-    spec = importlib.util.spec_from_file_location(
-        'print_injection', ROOT / 'tools/misc/print_injection.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    tool.main([str(ROOT / path)])
+    load_tool('tools/misc/print_injection.py').main([str(ROOT / path)])
     out = capsys.readouterr().out
     assert 'tuners: 30 modules' in out
     assert 'activation checkpointing: 12 modules, recomputed in backward' \

@@ -16,7 +16,7 @@ from mmpetl.analysis import check_targets, deploy, with_ratios
 from mmpetl.analysis.measure import (build_base_model, cpu_tensor_peak_mib,
                                      interleaved_medians, synthetic_batch)
 from mmpetl.analysis.report import markdown_report
-from tests.conftest import small_deformable_cfg
+from tests.conftest import load_tool, small_deformable_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 2**20
@@ -302,17 +302,8 @@ def test_checkpointing_targets_and_chart(tmp_path):
                            str(tmp_path / 'none.png')) is None
 
 
-def _benchmark_tool():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_tool', ROOT / 'tools/analysis/benchmark.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_default_methods_skip_the_pairs_without_a_config(capsys):
-    tool = _benchmark_tool()
+    tool = load_tool('tools/analysis/benchmark.py')
     pairs = tool.config_list(tool.parse_args([]))
     methods = {(arch, m) for arch, m, _ in pairs}
     for arch in ('detr_r50_coco', 'deformable-detr_r50_coco'):
