@@ -22,13 +22,15 @@ import mmpetl.models.checkpointing as ckpt_module
 from mmpetl.models import (PETLModel, apply_activation_checkpointing,
                            observe_checkpoint_inputs,
                            resolve_checkpoint_targets)
-from tests.conftest import det_batch, small_deformable_cfg, small_detr_cfg
+from tests.conftest import (cls_batch, det_batch, small_deformable_cfg,
+                            small_detr_cfg, small_vit_cfg)
 
 ETTA = [dict(type='ParallelAdapter', presets=['ffn'], bottleneck=8),
         dict(type='ScaledPrefix', presets=['attn'], num_prefix=4)]
 LAYERS = ['encoder_layers', 'decoder_layers']
 TOL = dict(atol=1e-6, rtol=1e-5)
-CFGS = dict(deformable_detr=small_deformable_cfg, detr=small_detr_cfg)
+CFGS = dict(deformable_detr=small_deformable_cfg, detr=small_detr_cfg,
+            vit=small_vit_cfg)
 
 
 def build(arch, ckpt, tuners=ETTA, trainable=('bbox_head', ), state=None,
@@ -243,6 +245,22 @@ def test_batchnorm_in_training_mode_is_refused(stages):
             loss_of(model)
     finally:
         bn.eval()
+
+
+def test_vit_layers_with_etta():
+    """MMPretrain's ViT: ``encoder_layers`` are ``backbone.layers.N``."""
+    trainable = ('head', )
+    plain = build('vit', None, trainable=trainable)
+    ckpt = build('vit', ['encoder_layers'], trainable=trainable,
+                 state=plain.state_dict())
+    assert ckpt.checkpointed_layers == ['backbone.layers.0',
+                                        'backbone.layers.1']
+    with torch.no_grad():  # the new head starts at zero: open it
+        for model in (plain, ckpt):
+            model.head.layers.head.weight.fill_(0.1)
+    batch = cls_batch()
+    assert assert_all_close(grads(plain, batch=batch),
+                            grads(ckpt, batch=batch)) == 0.0
 
 
 # -- which modules: presets, names, regexes, errors ------------------------
