@@ -268,7 +268,10 @@ def apply_activation_checkpointing(model: nn.Module, spec: CheckpointSpec,
     for name in names:
         module = modules[name]
         if _is_checkpointed(module):
-            raise ValueError(f'`{name}` is checkpointed already')
+            raise ValueError(
+                f'`{name}` is checkpointed already: apply activation '
+                f'checkpointing once per model (PETLModel does it when '
+                f'built with `activation_checkpointing`).')
         module.forward = functools.partial(_checkpointed_forward, module,
                                            module.forward, name)
         if not any(p.requires_grad for p in module.parameters()):

@@ -175,13 +175,19 @@ def test_bf16_autocast_gives_the_same_gradients(pairs):
     assert dtypes == [torch.bfloat16] * 2  # forward and recomputation
 
 
-def test_nothing_to_recompute_runs_as_is(pairs):
+def test_nothing_to_recompute_runs_as_is(pairs, monkeypatch):
     """Under torch.no_grad (inference), and with the tuners frozen (heads
     only: no layer holds a trainable parameter or gets an input with a
-    gradient), no layer is checkpointed: autograd keeps nothing there."""
+    gradient), no layer is checkpointed: autograd keeps nothing there.
+    Training says so once per layer."""
     _, model, _ = pairs('deformable_detr')
     tuner_params = [p for _, t in model.tuner_modules()
                     for p in t.parameters()]
+    for module in model.modules():
+        module.__dict__.pop('_mmpetl_ckpt_told', None)
+    logged = []
+    monkeypatch.setattr(ckpt_module, 'print_log',
+                        lambda msg, **kw: logged.append(msg))
     taken = []
     with observe_checkpoint_inputs(lambda name, t: taken.append(name)):
         with torch.no_grad():
@@ -191,12 +197,16 @@ def test_nothing_to_recompute_runs_as_is(pairs):
             for p in tuner_params:
                 p.requires_grad_(False)
             loss_of(model).backward()
+            loss_of(model).backward()
         finally:
             for p in tuner_params:
                 p.requires_grad_(True)
         assert taken == []
         loss_of(model).backward()
     assert taken == model.checkpointed_layers
+    assert [m.split('`')[1] for m in logged] == model.checkpointed_layers
+    assert all('runs without activation checkpointing: no parameter in it '
+               'trains and no input carries a gradient' in m for m in logged)
 
 
 @pytest.fixture(scope='module')
@@ -296,6 +306,29 @@ def test_targets_resolve_like_tuner_targets(spec, names):
 def test_a_target_matching_nothing_is_refused_with_the_fix(spec, message):
     with pytest.raises(ValueError, match=message):
         resolve_checkpoint_targets(toy(), spec, arch='detr')
+
+
+def test_apply_logs_frozen_layers_and_refuses_twice(monkeypatch):
+    logged = []
+    monkeypatch.setattr(ckpt_module, 'print_log',
+                        lambda msg, **kw: logged.append(msg))
+    model = toy()
+    model.encoder.layers[1].requires_grad_(False)
+    model.decoder.requires_grad_(False)
+    names = ckpt_module.apply_activation_checkpointing(
+        model, ['encoder_layers', 'decoder_layers'], arch='detr')
+    assert names == ['encoder.layers.0', 'encoder.layers.1',
+                     'decoder.layers.0']
+    assert logged[0].startswith('mmpetl: activation checkpointing on 3 '
+                                'modules (encoder.layers.0, ')
+    assert logged[1].startswith('mmpetl: 2 checkpointed modules hold no '
+                                'trainable parameter (encoder.layers.1, '
+                                'decoder.layers.0)')
+    with pytest.raises(ValueError, match='checkpointed already: apply '
+                       'activation checkpointing once'):
+        ckpt_module.apply_activation_checkpointing(model, ['layers.0'])
+    with pytest.raises(TypeError, match='preset or module names'):
+        resolve_checkpoint_targets(model, [0])
 
 
 def test_checkpointed_model_deepcopies_with_its_own_layers(pairs):
