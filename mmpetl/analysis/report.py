@@ -293,7 +293,7 @@ def plot_ckpt_chart(rows: List[Dict], path: str,
     if not good:
         return None
     archs = list(dict.fromkeys(r['arch'] for r in good))
-    fig, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 5),
+    fig, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 5.6),
                              squeeze=False)
     for ax, arch in zip(axes[0], archs):
         pts = {r['method']: r for r in good if r['arch'] == arch}
@@ -317,17 +317,19 @@ def plot_ckpt_chart(rows: List[Dict], path: str,
         ax.set_xlabel('train step time (× full FT)')
         ax.set_ylabel('peak training memory (× full FT)')
         ax.set_title(arch, fontsize=9)
-        ax.set_xlim(left=0)
-        ax.set_ylim(bottom=0)
+        ax.set_xlim(0, 1.1 * max(1.0, *(r['step_ratio']
+                                        for r in pts.values())))
+        ax.set_ylim(0, 1.1 * max(1.0, *(r['mem_ratio']
+                                        for r in pts.values())))
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], marker='o', ls='', color='tab:blue',
                           label='method'),
                plt.Line2D([], [], marker='*', ls='', color='tab:red',
-                          label='+ckpt: activation checkpointing (arrow '
-                          'from the method)')]
-    axes[0][0].legend(handles=handles, fontsize=8, loc='upper left')
+                          label='+ckpt: the method with activation '
+                          'checkpointing (arrow from the method)')]
+    fig.legend(handles=handles, fontsize=8, loc='lower center', ncol=2)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

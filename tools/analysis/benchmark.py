@@ -300,8 +300,8 @@ def main(argv=None):
     ckpt_chart = plot_ckpt_chart(
         rows, osp.join(out_dir, f'{args.name}_ckpt.png'),
         title=f"peak memory vs step time, with and without activation "
-        f"checkpointing ({header['device_kind']}, {s['amp'] or 'fp32'}, "
-        f"{header['date']})")
+        f"checkpointing\n{header['device_kind']}, {s['amp'] or 'fp32'}, "
+        f"{header['date']}")
     markdown = markdown_report(
         rows, checks, header, chart=osp.basename(chart) if chart else None,
         ckpt_chart=osp.basename(ckpt_chart) if ckpt_chart else None)
