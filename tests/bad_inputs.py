@@ -46,16 +46,18 @@ class Case:
 
 
 # --------------------------------------------------------------- tuners
-def _build(tuners, trainable=(), model=None):
+def _build(tuners, trainable=(), model=None, **kwargs):
     from mmpetl.models import PETLModel
     from tests.conftest import small_detr_cfg
     return PETLModel(model=model or small_detr_cfg(), tuners=tuners,
-                     trainable=list(trainable))
+                     trainable=list(trainable), **kwargs)
 
 
-def _tuner_case(name, bad_input, tuners, error, match, trainable=()):
+def _tuner_case(name, bad_input, tuners, error, match, trainable=(),
+                **kwargs):
     return Case(name, 'tuner config', bad_input,
-                lambda tmp: _build(tuners, trainable), error, match)
+                lambda tmp: _build(tuners, trainable, **kwargs), error,
+                match)
 
 
 def _unknown_model_type(tmp):
@@ -169,6 +171,18 @@ TUNER_CASES = [
     Case('unknown-model-type', 'tuner config',
          'inner detector type with a typo (`DETRR`)', _unknown_model_type,
          KeyError, r'DETRR'),
+    _tuner_case('checkpointing-preset-typo',
+                'activation checkpointing preset with a typo '
+                '(`encoder_layer`)', FFN, ValueError,
+                r"'encoder_layer' is no preset.*Did you mean the preset "
+                r"\['encoder_layers'\]", activation_checkpointing=[
+                    'encoder_layer', 'decoder_layers']),
+    _tuner_case('checkpointing-name-nothing',
+                'activation checkpointing of a layer that does not exist '
+                '(`encoder.layers.6` in a 2-layer encoder)', FFN, ValueError,
+                r"'encoder\.layers\.6' is no preset and matches no module.*"
+                r"nearest module names: \['encoder\.layers\.",
+                activation_checkpointing=['encoder.layers.6']),
 ]
 
 

@@ -6,6 +6,8 @@ presets and tuners meet exactly what users build. ``init_cfg`` entries that
 point at torchvision:// weights are nulled: nothing is downloaded.
 """
 import copy
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,6 +124,15 @@ def tensor_outputs(model, arch: str):
         elif isinstance(item, (list, tuple)):
             flat += [t for t in item if isinstance(t, torch.Tensor)]
     return flat
+
+
+def load_tool(path: str):
+    """A script under tools/ as a module (``path`` from the repo root)."""
+    full = Path(__file__).resolve().parents[1] / path
+    spec = importlib.util.spec_from_file_location(full.stem, full)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

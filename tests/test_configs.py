@@ -8,6 +8,7 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 import mmpetl  # noqa: F401
+from tests.conftest import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,3 +85,29 @@ def test_et_detr_vit_backbone_config_builds_small():
     assert not any(p.requires_grad for p in model.backbone.parameters()
                    if not any(p is q for _, t in model.tuner_modules()
                               for q in t.parameters()))
+
+
+def test_activation_checkpointing_base_config_turns_it_on(tmp_path, capsys):
+    """configs/_base_/activation_checkpointing.py + one line: the method's
+    model (type, tuners, trainable: the arch base's `_delete_` merge is
+    kept) gains the key, it survives a dump/reload, and print_injection
+    lists the 12 checkpointed layers."""
+    path = 'configs/methods/etta+ckpt_deformable-detr_r50_coco.py'
+    cfg = Config.fromfile(str(ROOT / path))
+    plain = Config.fromfile(
+        str(ROOT / 'configs/methods/etta_deformable-detr_r50_coco.py'))
+    assert cfg.model.activation_checkpointing == ['encoder_layers',
+                                                  'decoder_layers']
+    assert cfg.model.to_dict() == dict(
+        plain.model.to_dict(),
+        activation_checkpointing=['encoder_layers', 'decoder_layers'])
+    cfg.dump(str(tmp_path / 'dumped.py'))
+    again = Config.fromfile(str(tmp_path / 'dumped.py'))
+    assert again.model.to_dict() == cfg.model.to_dict()
+    load_tool('tools/misc/print_injection.py').main([str(ROOT / path)])
+    out = capsys.readouterr().out
+    assert 'tuners: 30 modules' in out
+    assert 'activation checkpointing: 12 modules, recomputed in backward' \
+        in out
+    for name in ('encoder.layers.0', 'decoder.layers.5'):
+        assert f'\n{name} ' in out

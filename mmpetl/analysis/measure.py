@@ -19,6 +19,14 @@ Memory (both count weights + gradients + optimizer state + activations):
     baseline (``VmHWM``) is recorded too; it also holds allocator caches
     and oneDNN workspaces, so it is not the number ratios are taken on.
 
+What autograd keeps for backward: one more training forward (with the
+loss, no backward) runs under ``saved_tensors_by_module``
+(:mod:`mmpetl.analysis.saved_tensors`), which attributes every saved
+tensor to the top-level module that saved it (``saved_by_module_mib``;
+per layer in ``saved_by_layer_mib``; the inputs that activation
+checkpointing holds in ``checkpoint_inputs_mib``, included in
+``saved_total_mib``).
+
 Inference latency of a PETL model is compared with its base model (the
 inner model built without tuners) in the same process, the two timed in
 alternation, so that machine noise and drift hit both alike; the ratio is
@@ -31,6 +39,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+
+from .saved_tensors import saved_tensors_by_module
 
 __all__ = ['measure_config', 'synthetic_batch', 'rss_mib', 'reset_peak_rss',
            'peak_rss_mib', 'cpu_tensor_peak_mib', 'deploy', 'median_time',
@@ -277,6 +287,15 @@ def build_model_and_optim(cfg, device: torch.device, amp: Optional[str]):
     return model, build_optim_wrapper(model, optim_cfg)
 
 
+def _forward_loss(model: nn.Module, optim, data: Dict):
+    """The forward half of ``model.train_step``: preprocessor, loss (in
+    the optimizer wrapper's autocast context); no backward, no step."""
+    with optim.optim_context(model):
+        batch = model.data_preprocessor(data, True)
+        losses = model(**batch, mode='loss')
+    return model.parse_losses(losses)[0]
+
+
 def measure_config(cfg, device: str = 'cpu', batch: int = 1,
                    size: Tuple[int, int] = (320, 320), amp: Optional[str] = None,
                    warmup: int = 2, iters: int = 5, infer_iters: int = 5,
@@ -333,6 +352,8 @@ def measure_config(cfg, device: str = 'cpu', batch: int = 1,
     gpu_busy = _gpu_busy_ms(step, profile_steps) if cuda else None
     if backbone is not None:
         handle.remove()
+    saved = saved_tensors_by_module(
+        model, lambda: _forward_loss(model, optim, data))
 
     model.eval()
     base = build_base_model(cfg, dev, weights_from=model)
@@ -369,6 +390,11 @@ def measure_config(cfg, device: str = 'cpu', batch: int = 1,
         infer_base_ms=infer_base_ms,
         infer_deployed_base_ms=infer_deployed_base_ms,
         backbone_autograd=(any(backbone_grad) if backbone_grad else None),
+        saved_by_module_mib=saved['by_module'],
+        saved_by_layer_mib=saved['by_layer'],
+        saved_total_mib=saved['total_mib'],
+        checkpoint_inputs_mib=saved['checkpoint_inputs_mib'],
+        checkpointed_layers=list(getattr(model, 'checkpointed_layers', [])),
         losses_finite=all(map(lambda v: v == v and abs(v) != float('inf'),
                               losses)),
         threads=torch.get_num_threads(), **deployed)

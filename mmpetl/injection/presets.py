@@ -20,6 +20,20 @@ backbone_attn      backbone.layers.N.attn (ViT backbone)  --
 backbone_ffn       backbone.layers.N.ffn (ViT backbone)   --
 ================== ====================================== ==================
 
+Activation checkpointing (``PETLModel(activation_checkpointing=[...])``)
+has presets of its own, in :data:`CHECKPOINT_PRESETS`: whole layers are
+recomputed, so they name layers rather than the blocks tuners attach to:
+
+================== ====================================== ==================
+preset             DETR / Deformable DETR                 ViT (mmpretrain)
+================== ====================================== ==================
+encoder_layers     encoder.layers.N                       backbone.layers.N
+decoder_layers     decoder.layers.N                       --
+backbone_stages    backbone.layerN (ResNet stages),       backbone.layers.N
+                   backbone.layers.N (ViT),
+                   backbone.features.N (MobileNetV2)
+================== ====================================== ==================
+
 ``backbone_*`` serve DETR-family detectors whose backbone is MMPretrain's
 ``VisionTransformer`` (``type='mmpretrain.VisionTransformer'``,
 ``out_type='featmap'``): ETTA then also goes into the backbone.
@@ -28,13 +42,13 @@ In Deformable DETR the encoder self-attention and decoder cross-attention
 are MMCV ``MultiScaleDeformableAttention``; the rest are MMCV
 ``MultiheadAttention`` wrapping torch's.
 """
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch.nn as nn
 
 from mmpetl.utils import class_names
 
-__all__ = ['PRESETS', 'detect_arch', 'preset_regex']
+__all__ = ['PRESETS', 'CHECKPOINT_PRESETS', 'detect_arch', 'preset_regex']
 
 _DETR = {
     'encoder_self_attn': r'encoder\.layers\.\d+\.self_attn',
@@ -71,6 +85,22 @@ PRESETS: Dict[str, Dict[str, str]] = {
     'vit': _VIT,
 }
 
+_DETR_LAYERS = {
+    'encoder_layers': r'encoder\.layers\.\d+',
+    'decoder_layers': r'decoder\.layers\.\d+',
+    'backbone_stages': r'backbone\.(?:layer\d+|layers\.\d+|features\.\d+)',
+}
+_VIT_LAYERS = {
+    'encoder_layers': r'backbone\.layers\.\d+',
+    'backbone_stages': r'backbone\.layers\.\d+',
+}
+#: the layer groups ``PETLModel(activation_checkpointing=...)`` names
+CHECKPOINT_PRESETS: Dict[str, Dict[str, str]] = {
+    'detr': dict(_DETR_LAYERS),
+    'deformable_detr': dict(_DETR_LAYERS),
+    'vit': _VIT_LAYERS,
+}
+
 
 def detect_arch(model: nn.Module) -> str:
     """``'detr'``, ``'deformable_detr'`` or ``'vit'`` for a built model.
@@ -94,9 +124,21 @@ def detect_arch(model: nn.Module) -> str:
         f'or list of module names) in the tuner config instead of `presets`.')
 
 
-def preset_regex(arch: str, presets: Sequence[str]) -> str:
-    """One regex that matches the union of the named presets."""
-    table = PRESETS[arch]
+def preset_regex(arch: str, presets: Sequence[str],
+                 table: Optional[Dict[str, Dict[str, str]]] = None) -> str:
+    """One regex that matches the union of the named presets.
+
+    Args:
+        arch (str): a key of ``table`` (see :func:`detect_arch`).
+        presets (Sequence[str]): preset names.
+        table (dict, optional): presets per architecture; the tuner
+            :data:`PRESETS` when None (:data:`CHECKPOINT_PRESETS` for
+            activation checkpointing).
+
+    Returns:
+        str: a regex that must match a whole module name.
+    """
+    table = (PRESETS if table is None else table)[arch]
     unknown = [p for p in presets if p not in table]
     if unknown:
         raise ValueError(

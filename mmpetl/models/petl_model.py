@@ -7,6 +7,10 @@
                 dict(type='ScaledPrefix', presets=['attn'], num_prefix=50)],
         trainable=['bbox_head'])
 
+``activation_checkpointing=['encoder_layers', 'decoder_layers']``
+recomputes those layers (tuners inside included) in backward instead of
+keeping their activations (:mod:`mmpetl.models.checkpointing`).
+
 A parallel network that runs beside the whole frozen model instead of
 inside its modules (UniPT) is configured apart from the per-module tuners:
 ``parallel=dict(type='UniPT', bottleneck=64)``. It is a ``BaseTuner`` too
@@ -42,6 +46,7 @@ from mmpetl.injection import (InjectedTuner, Targets, count_trainable, inject,
 from mmpetl.registry import MODELS
 from mmpetl.tuners import BaseTuner
 from mmpetl.utils import quiet_init_weights
+from .checkpointing import CheckpointSpec, apply_activation_checkpointing
 from .parallel import attach_parallel, check_parallel_trainable
 
 __all__ = ['PETLModel', 'build_inner_model']
@@ -127,6 +132,12 @@ class PETLModel(BaseModel):
         data_preprocessor (dict, optional): used by the inner model when its
             config has none (MMEngine's Runner passes a config's top-level
             ``data_preprocessor`` here).
+        activation_checkpointing (str | list[str], optional): layers whose
+            activations are recomputed in backward instead of kept: presets
+            (``'encoder_layers'``, ``'decoder_layers'``,
+            ``'backbone_stages'``) and/or module names, see
+            :func:`mmpetl.models.checkpointing.resolve_checkpoint_targets`.
+            The chosen names are in ``checkpointed_layers``.
     """
 
     def __init__(self,
@@ -138,7 +149,8 @@ class PETLModel(BaseModel):
                  freeze_bn: bool = True,
                  init_cfg: Optional[Dict] = None,
                  parallel: Optional[Dict] = None,
-                 data_preprocessor: Optional[Dict] = None) -> None:
+                 data_preprocessor: Optional[Dict] = None,
+                 activation_checkpointing: CheckpointSpec = None) -> None:
         if data_preprocessor is not None:  # the Runner's top-level one
             model = dict(model)
             model.setdefault('data_preprocessor', data_preprocessor)
@@ -167,6 +179,9 @@ class PETLModel(BaseModel):
             f'params); trainable {trainable:,} of {total:,} '
             f'({100.0 * trainable / max(total, 1):.2f}%)',
             logger='current')
+        self.activation_checkpointing = _plain(activation_checkpointing)
+        self.checkpointed_layers = apply_activation_checkpointing(
+            inner, activation_checkpointing, arch)
 
     # -- the inner model's members become ours (same objects) -------------
     def _share_inner_members(self, inner: nn.Module) -> None:

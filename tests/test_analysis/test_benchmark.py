@@ -16,7 +16,7 @@ from mmpetl.analysis import check_targets, deploy, with_ratios
 from mmpetl.analysis.measure import (build_base_model, cpu_tensor_peak_mib,
                                      interleaved_medians, synthetic_batch)
 from mmpetl.analysis.report import markdown_report
-from tests.conftest import small_deformable_cfg
+from tests.conftest import load_tool, small_deformable_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 2**20
@@ -236,6 +236,13 @@ def test_benchmark_tool_end_to_end(tmp_path):
     assert et['backbone_autograd'] is False  # frozen: no autograd graph
     assert full['backbone_autograd'] is True
     assert et['peak_mem_mib'] < full['peak_mem_mib']
+    # what autograd keeps, per module: nothing of the frozen backbone
+    assert full['saved_by_module_mib']['backbone'] > 0
+    assert 'backbone' not in et['saved_by_module_mib']
+    assert et['saved_by_module_mib']['encoder'] > 0
+    assert et['saved_total_mib'] < full['saved_total_mib']
+    assert et['checkpointed_layers'] == [] and \
+        et['checkpoint_inputs_mib'] == 0
     assert et['losses_finite'] and full['losses_finite']
     assert et['infer_base_ms'] > 0 and full['infer_base_ms'] is None
     assert et['infer_ratio'] == pytest.approx(
@@ -245,6 +252,71 @@ def test_benchmark_tool_end_to_end(tmp_path):
     md = (out / 'speed_memory.md').read_text()
     assert '## tiny' in md and 'cores' in md
     assert (out / 'speed_memory.png').stat().st_size > 10_000
+    assert (out / 'speed_memory_ckpt.png').stat().st_size > 10_000
+    assert '](speed_memory_ckpt.png)' in md and '| saved MiB |' in md
+
+
+def test_checkpointing_targets_and_chart(tmp_path):
+    from mmpetl.analysis.report import plot_ckpt_chart
+    rows = with_ratios([
+        _row('full-ft', arch='deformable', is_petl=False,
+             trainable_pct=100.0, peak_mem_mib=1000.0, step_ms=200.0),
+        _row('heads-only', arch='deformable', peak_mem_mib=240.0),
+        _row('etta', arch='deformable', peak_mem_mib=600.0, step_ms=140.0),
+        _row('etta+ckpt', arch='deformable', peak_mem_mib=390.0,
+             step_ms=201.0, saved_total_mib=12.5),
+        _row('unipt', arch='deformable', peak_mem_mib=253.0),
+        _row('full-ft', arch='detr', is_petl=False, trainable_pct=100.0,
+             peak_mem_mib=1000.0),
+        _row('heads-only', arch='detr', peak_mem_mib=240.0),
+        _row('unipt', arch='detr', peak_mem_mib=251.0),
+        _row('etta+ckpt', arch='detr', peak_mem_mib=900.0),
+    ])
+    checks = {(c['arch'], c['method'], c['target']): c
+              for c in check_targets(rows)}
+    mem = checks['deformable', 'etta+ckpt',
+                 'ET-Deformable-DETR+ckpt peak memory <= 0.40x full FT']
+    assert mem['value'] == pytest.approx(0.39) and mem['passed']
+    step = checks['deformable', 'etta+ckpt',
+                  'ET-Deformable-DETR+ckpt step time <= 1.0x full FT']
+    assert step['value'] == pytest.approx(1.005) and not step['passed']
+    # the Deformable DETR targets are not applied to DETR
+    assert not any(k[:2] == ('detr', 'etta+ckpt') and 'ET-Def' in k[2]
+                   for k in checks)
+    # UniPT against heads-only of the same architecture: 5% at most
+    near = checks['deformable', 'unipt',
+                  'UniPT peak memory <= 1.05x heads-only']
+    far = checks['detr', 'unipt', 'UniPT peak memory <= 1.05x heads-only']
+    assert near['value'] == pytest.approx(253 / 240) and not near['passed']
+    assert far['value'] == pytest.approx(251 / 240) and far['passed']
+    text = markdown_report(rows, check_targets(rows), dict(
+        device_kind='CPU', date='d', machine='m', software='s',
+        command='c', setting='x'), ckpt_chart='c.png')
+    assert '| etta+ckpt | 10 | 5.00% | 100 | 1.00 MiB (tuner, 1× ' \
+        'smaller) | 390 | 0.39× | 12 | 201 | 1.00× |' in text
+    assert '](c.png)' in text
+    path = tmp_path / 'ckpt.png'
+    assert plot_ckpt_chart(rows, str(path)) == str(path)
+    assert path.stat().st_size > 10_000
+    assert plot_ckpt_chart([rows[0] | dict(error='x')],
+                           str(tmp_path / 'none.png')) is None
+
+
+def test_default_methods_skip_the_pairs_without_a_config(capsys):
+    tool = load_tool('tools/analysis/benchmark.py')
+    pairs = tool.config_list(tool.parse_args([]))
+    methods = {(arch, m) for arch, m, _ in pairs}
+    for arch in ('detr_r50_coco', 'deformable-detr_r50_coco'):
+        assert (arch, 'etta+ckpt') in methods
+        assert (arch, 'lora+ckpt') in methods
+    assert ('vit-b16_cifar100', 'etta') in methods
+    assert ('vit-b16_cifar100', 'etta+ckpt') not in methods
+    assert 'vit-b16_cifar100 / etta+ckpt: no configs/methods/' \
+        'etta+ckpt_vit-b16_cifar100.py, skipped' in capsys.readouterr().out
+    # a method asked for by name must exist for every architecture asked
+    with pytest.raises(SystemExit, match='no config configs/methods/'
+                       'etta\\+ckpt_vit-b16_cifar100.py'):
+        tool.config_list(tool.parse_args(['--methods', 'etta+ckpt']))
 
 
 def test_amp_on_cpu_is_refused_with_the_reason():

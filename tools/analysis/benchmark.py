@@ -6,9 +6,13 @@
     python tools/analysis/benchmark.py --archs deformable-detr_r50_coco \\
         --methods full-ft etta unipt
     python tools/analysis/benchmark.py --configs my_config.py ...
+    python tools/analysis/benchmark.py --archs deformable-detr_r50_coco \\
+        --methods etta etta+ckpt lora lora+ckpt
 
 Every (architecture, method) pair is ``configs/methods/{method}_{arch}.py``
-and runs in a process of its own (peak memory is per process). For each it
+and runs in a process of its own (peak memory is per process); a method
+``{method}+ckpt`` is the method with activation checkpointing of its
+encoder and decoder layers (``configs/methods/etta+ckpt_*.py``). For each it
 measures: trainable parameters (count, %), deploy-time parameters (LoRA
 merged, prefix MLPs folded), the size of what must be stored per task
 (tuner checkpoint, or the whole model for full fine-tuning), peak training
@@ -18,10 +22,12 @@ on GPU, plus the profiler's GPU-busy time), and inference latency (before
 and after merging). Ratios are to full fine-tuning of the same
 architecture in the same run.
 
-Writes ``speed_memory.json``, ``speed_memory.md`` and ``speed_memory.png``
-to ``--out-dir`` (default ``benchmarks/results/<cpu|gpu name>/``) with the
-date, machine and command, and checks the targets of the benchmark issue
-(``--strict``: exit 1 when one fails). ``--readme`` also copies the table
+Writes ``speed_memory.json``, ``speed_memory.md``, ``speed_memory.png`` and
+``speed_memory_ckpt.png`` (peak memory vs step time, every method, arrows
+to the ``+ckpt`` rows) to ``--out-dir`` (default
+``benchmarks/results/<cpu|gpu name>/``) with the date, machine and
+command, and checks the targets of the benchmark issues (``--strict``:
+exit 1 when one fails). ``--readme`` also copies the table
 into README.md between the ``bench-<cpu|gpu>`` markers.
 """
 import argparse
@@ -41,8 +47,9 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 ARCHS = ['detr_r50_coco', 'deformable-detr_r50_coco', 'vit-b16_cifar100']
-METHODS = ['full-ft', 'heads-only', 'bitfit', 'lora', 'serial-adapter',
-           'prefix', 'etta', 'utuning', 'unipt']
+METHODS = ['full-ft', 'heads-only', 'bitfit', 'lora', 'lora+ckpt',
+           'serial-adapter', 'prefix', 'etta', 'etta+ckpt', 'utuning',
+           'unipt']
 # (detection batch, detection HxW, classification batch, size)
 DEFAULTS = dict(cpu=(1, (256, 256), 2, 224), cuda=(2, (800, 1333), 32, 224))
 
@@ -52,9 +59,11 @@ def parse_args(argv=None):
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--archs', nargs='+', default=ARCHS)
-    p.add_argument('--methods', nargs='+', default=METHODS,
+    p.add_argument('--methods', nargs='+',
                    help='method names of configs/methods/{method}_{arch}.py '
-                   '(full-ft is always added: ratios need it)')
+                   '(full-ft is always added: ratios need it). Default: '
+                   f'{" ".join(METHODS)}, skipping the pairs without a '
+                   'config (no +ckpt variant for the ViT)')
     p.add_argument('--configs', nargs='+',
                    help='explicit config files instead of --archs/--methods '
                    '(named {method}_{arch}.py for grouping; include a '
@@ -143,11 +152,16 @@ def config_list(args):
             method, _, arch = stem.partition('_')
             out.append((arch or 'custom', method, path))
         return out
-    methods = ['full-ft'] + [m for m in args.methods if m != 'full-ft']
+    chosen = args.methods or METHODS
+    methods = ['full-ft'] + [m for m in chosen if m != 'full-ft']
     out = []
     for arch in args.archs:
         for method in methods:
             path = osp.join(ROOT, 'configs', 'methods', f'{method}_{arch}.py')
+            if not osp.exists(path) and not args.methods:
+                print(f'[benchmark] {arch} / {method}: no '
+                      f'{osp.relpath(path, ROOT)}, skipped', flush=True)
+                continue
             if not osp.exists(path):
                 raise SystemExit(
                     f'no config {osp.relpath(path, ROOT)} for method '
@@ -242,7 +256,8 @@ def main(argv=None):
         return run_worker(args)
     import mmpetl  # noqa: F401
     from mmpetl.analysis.report import (check_targets, markdown_report,
-                                        plot_chart, with_ratios)
+                                        plot_chart, plot_ckpt_chart,
+                                        with_ratios)
     s = settings(args)
     if s['amp'] and s['device'] != 'cuda':
         raise SystemExit('--amp needs --device cuda (MMEngine\'s '
@@ -282,8 +297,14 @@ def main(argv=None):
     chart = plot_chart(rows, osp.join(out_dir, f'{args.name}.png'),
                        title=f"{header['device_kind']}: {s['device']}, "
                        f"{s['amp'] or 'fp32'}, {header['date']}")
-    markdown = markdown_report(rows, checks, header,
-                               chart=osp.basename(chart) if chart else None)
+    ckpt_chart = plot_ckpt_chart(
+        rows, osp.join(out_dir, f'{args.name}_ckpt.png'),
+        title=f"peak memory vs step time, with and without activation "
+        f"checkpointing\n{header['device_kind']}, {s['amp'] or 'fp32'}, "
+        f"{header['date']}")
+    markdown = markdown_report(
+        rows, checks, header, chart=osp.basename(chart) if chart else None,
+        ckpt_chart=osp.basename(ckpt_chart) if ckpt_chart else None)
     with open(osp.join(out_dir, f'{args.name}.md'), 'w') as f:
         f.write(markdown)
     with open(osp.join(out_dir, f'{args.name}.json'), 'w') as f:

@@ -2,9 +2,10 @@
 
     python tools/misc/print_injection.py configs/et_deformable_detr_coco.py
 
-Prints the table module | tuner | config | params, the totals, and the
-trainable/frozen parameter groups. Nothing is downloaded and no data is
-read.
+Prints the table module | tuner | config | params, the totals, the
+trainable/frozen parameter groups and the layers run under activation
+checkpointing (``activation_checkpointing``). Nothing is downloaded and no
+data is read.
 """
 import argparse
 
@@ -13,14 +14,15 @@ from mmengine.registry import MODELS, init_default_scope
 
 import mmpetl  # noqa: F401
 from mmpetl.injection import injection_table, parameter_groups_table
+from mmpetl.models import checkpointing_table
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='config file path')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, xxx=yyy')
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def build_model(config_path, cfg_options=None):
@@ -31,8 +33,8 @@ def build_model(config_path, cfg_options=None):
     return MODELS.build(cfg.model)
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     model = build_model(args.config, args.cfg_options)
     if not hasattr(model, 'injected'):
         raise SystemExit(f'{args.config}: the model is not an mmpetl.PETLModel '
@@ -40,6 +42,8 @@ def main():
     print(injection_table(model.injected, model))
     print()
     print(parameter_groups_table(model))
+    print()
+    print(checkpointing_table(model, model.checkpointed_layers))
 
 
 if __name__ == '__main__':
