@@ -27,15 +27,27 @@ class NotMergeableError(TypeError):
 
 def build_tuned_model(model_cfg: Dict, base: Dict,
                       tuner: Optional[Dict] = None,
-                      tuner_source: str = 'tuner checkpoint') -> nn.Module:
+                      tuner_source: str = 'tuner checkpoint',
+                      skip_other_shapes: Optional[bool] = None) -> nn.Module:
     """A ``PETLModel`` from its config, loaded with a base checkpoint dict
     (and a tuner checkpoint dict, already checked against the base); eval.
+
+    Args:
+        model_cfg: the ``PETLModel`` config.
+        base: the loaded base checkpoint.
+        tuner: a loaded tuner checkpoint, or None.
+        tuner_source: the tuner's file, for messages.
+        skip_other_shapes: leave base tensors whose shape differs from the
+            model's (a head with other classes) out; default: when a tuner
+            is given (its heads replace them).
     """
     from mmengine.registry import MODELS
     model = MODELS.build(model_cfg)
     own = model.state_dict()
     state = state_dict_of(base)
-    if tuner is not None:  # trained heads replace the base's classes
+    if skip_other_shapes is None:
+        skip_other_shapes = tuner is not None
+    if skip_other_shapes:  # trained heads replace the base's classes
         state = {k: v for k, v in state.items()
                  if k in own and own[k].shape == v.shape}
     model.load_state_dict(state, strict=False)
