@@ -9,8 +9,10 @@ from .inference import (IMAGE_EXTENSIONS, ImageReadError, MultiTaskDetector,
                         list_images, read_image)
 from .outputs import PredictionWriter, prediction_dict
 from mmpetl.tuners.routing import RoutingError
-from .tasks import Task, TaskBank, TaskError
+from .tasks import (Task, TaskBank, TaskError, classifier_outputs,
+                    unknown_task)
 
 __all__ = ['MultiTaskDetector', 'ImageReadError', 'read_image',
            'list_images', 'IMAGE_EXTENSIONS', 'PredictionWriter',
-           'prediction_dict', 'Task', 'TaskBank', 'TaskError', 'RoutingError']
+           'prediction_dict', 'Task', 'TaskBank', 'TaskError', 'RoutingError',
+           'unknown_task', 'classifier_outputs']

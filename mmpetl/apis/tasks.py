@@ -55,7 +55,8 @@ from mmpetl.checkpoints import check_tuner_fits
 from mmpetl.tuners.routing import RoutingError, TaskGroups, route_call, \
     swapped
 
-__all__ = ['TaskBank', 'Task', 'TaskError']
+__all__ = ['TaskBank', 'Task', 'TaskError', 'unknown_task',
+           'classifier_outputs']
 
 
 class TaskError(ValueError):
@@ -84,6 +85,33 @@ class Task:
         """Bytes of the task's tensors (what registering it costs)."""
         return sum(t.numel() * t.element_size()
                    for t in self.tensors.values())
+
+
+def unknown_task(name: str, known: Sequence[str]) -> TaskError:
+    """The error for a task name that is not registered, listing the
+    known ones."""
+    listed = ', '.join(map(repr, known)) or 'none registered'
+    return TaskError(f'unknown task {name!r}; known tasks: {listed}. '
+                     f'Register it first (add_task / --tuner '
+                     f'{name}=TUNER.pth).')
+
+
+def classifier_outputs(state: Dict[str, torch.Tensor],
+                       head: str = 'bbox_head',
+                       source: str = 'tuner checkpoint') -> Optional[int]:
+    """Outputs of the classifier Linears of ``head`` in a tuner state
+    (``*cls*.weight``: ``fc_cls``, ``cls_branches.N``): the class count,
+    plus one for softmax heads (a background slot). None when the state
+    holds no classifier."""
+    prefix = head + '.'
+    sizes = {int(v.shape[0]) for k, v in state.items()
+             if k.startswith(prefix) and k.endswith('.weight')
+             and 'cls' in k[len(prefix):] and v.dim() == 2}
+    if len(sizes) > 1:
+        raise TaskError(f'{source}: its head\'s classifiers disagree on '
+                        f'the class count ({sorted(sizes)}); the file is '
+                        f'inconsistent: re-export it from training.')
+    return sizes.pop() if sizes else None
 
 
 def _head_name(model: nn.Module) -> Optional[str]:
@@ -129,10 +157,7 @@ class TaskBank:
     def get(self, name: str) -> Task:
         """The task ``name``; a clear error listing the known ones."""
         if name not in self.tasks:
-            known = ', '.join(map(repr, self.tasks)) or 'none registered'
-            raise TaskError(f'unknown task {name!r}; known tasks: {known}. '
-                            f'Register it first (add_task / --tuner '
-                            f'{name}=TUNER.pth).')
+            raise unknown_task(name, self.tasks)
         return self.tasks[name]
 
     def task_keys(self) -> List[str]:
@@ -214,17 +239,10 @@ class TaskBank:
         the task does not train the classifier."""
         if self._head is None:
             return None
-        prefix = self._head + '.'
-        sizes = {int(v.shape[0]) for k, v in state.items()
-                 if k.startswith(prefix) and k.endswith('.weight')
-                 and 'cls' in k[len(prefix):] and v.dim() == 2}
-        if not sizes:
+        outputs = classifier_outputs(state, self._head, source)
+        if outputs is None:
             return self._base_classes
-        if len(sizes) > 1:
-            raise TaskError(f'{source}: its head\'s classifiers disagree on '
-                            f'the class count ({sorted(sizes)}); the file '
-                            f'is inconsistent: re-export it from training.')
-        return sizes.pop() - self._class_offset
+        return outputs - self._class_offset
 
     def remove(self, name: str) -> None:
         """Forget a task (its tensors are freed). Removing the active task

@@ -5,7 +5,8 @@ from .apply import (apply_tuner_checkpoint, check_tuner_fits,
 from .base import (BaseMismatchError, ShapeMismatchError, base_meta,
                    base_sha256, check_base, check_shapes, keys_hash,
                    state_dict_of)
-from .export import NotMergeableError, build_tuned_model, export_checkpoint
+from .export import (NotMergeableError, build_tuned_model, export_checkpoint,
+                     plain_config, write_plain_config)
 from .format import (MARKER, load_tuner_checkpoint, save_tuner_checkpoint,
                      tuner_checkpoint, write_tuner_checkpoint)
 from .publish import publish_checkpoint
@@ -16,5 +17,6 @@ __all__ = [
     'check_base', 'check_shapes', 'keys_hash', 'state_dict_of',
     'NotMergeableError', 'build_tuned_model', 'export_checkpoint', 'MARKER',
     'load_tuner_checkpoint', 'save_tuner_checkpoint', 'tuner_checkpoint',
-    'write_tuner_checkpoint', 'publish_checkpoint'
+    'write_tuner_checkpoint', 'publish_checkpoint', 'plain_config',
+    'write_plain_config'
 ]

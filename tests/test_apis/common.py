@@ -37,18 +37,39 @@ def detector_cfg(num_classes: int = 3) -> dict:
                                 test_cfg=dict(max_per_img=10))
 
 
-def petl_cfg(num_classes: int = 3) -> dict:
+def petl_cfg(num_classes: int = 3, tuners=TUNERS) -> dict:
     return dict(type='mmpetl.PETLModel', model=detector_cfg(num_classes),
-                tuners=copy.deepcopy(TUNERS), trainable=['bbox_head'])
+                tuners=copy.deepcopy(tuners), trainable=['bbox_head'])
 
 
-def config(num_classes: int = 3, classes=CONFIG_CLASSES) -> Config:
-    """A PETL config with a test pipeline, as tools and the API read it."""
+def config(num_classes: int = 3, classes=CONFIG_CLASSES,
+           tuners=TUNERS) -> Config:
+    """A PETL config with a test pipeline, as tools and the API read it,
+    and what a training config adds (mmpetl imports, hooks, optimizer
+    constructor)."""
     return Config(dict(
-        default_scope='mmdet', model=petl_cfg(num_classes),
+        default_scope='mmdet', model=petl_cfg(num_classes, tuners),
         test_dataloader=dict(batch_size=2, dataset=dict(
             type='CocoDataset', metainfo=dict(classes=classes),
-            pipeline=PIPELINE))))
+            pipeline=PIPELINE)),
+        custom_imports=dict(imports=['mmpetl'], allow_failed_imports=False),
+        custom_hooks=[dict(type='mmpetl.FrozenCheckHook')],
+        optim_wrapper=dict(
+            constructor='mmpetl.PETLOptimWrapperConstructor',
+            optimizer=dict(type='AdamW', lr=1e-4),
+            paramwise_cfg=dict(tuner_lr_mult=2.0))))
+
+
+def assert_same_detections(a, b, score_tol: float, box_tol: float) -> None:
+    """Two detection sets (``bboxes``, ``scores``, ``labels``) equal up to
+    rounding: scores in order, and each detection's box and label found
+    in the other (near-equal scores may swap places)."""
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=score_tol)
+    assert len(a.labels) == len(b.labels)
+    for box, label, score in zip(a.bboxes, a.labels, a.scores):
+        near = (b.labels == label) & ((b.scores - score).abs() <= score_tol)
+        gaps = (b.bboxes[near] - box).abs().amax(-1)
+        assert gaps.numel() and gaps.min() <= box_tol, (box, label, score)
 
 
 def images(count: int = 4, seed: int = 0):
@@ -105,3 +126,25 @@ def make_files(tmp: Path) -> dict:
         mmcv.imwrite(img, str(paths[-1]))
     return dict(base=base, tuners=tuners, config=cfg_file,
                 image_dir=image_dir, images=paths)
+
+
+def make_lora_task(base: Path, tmp: Path, tuners, classes) -> Path:
+    """A tuner file of ``tuners`` with a new head for ``classes``, its
+    tensors moved off init (a model built and perturbed)."""
+    from mmpetl.checkpoints import save_tuner_checkpoint
+    from mmpetl.models import PETLModel
+    torch.manual_seed(1)
+    model = PETLModel(model=detector_cfg(len(classes)),
+                      tuners=copy.deepcopy(tuners), trainable=['bbox_head'])
+    own = model.state_dict()
+    state = torch.load(base, weights_only=True)['state_dict']
+    model.load_state_dict({k: v for k, v in state.items()
+                           if own[k].shape == v.shape}, strict=False)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.05)
+    path = tmp / 'lora_tuner.pth'
+    save_tuner_checkpoint(model, str(path), str(base),
+                          extra_meta=dict(classes=list(classes)))
+    return path

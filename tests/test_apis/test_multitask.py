@@ -18,12 +18,8 @@ from mmpetl.models import PETLModel
 from mmpetl.utils import load_checkpoint_file
 from tests.conftest import det_batch, small_detr_cfg
 from tests.test_apis.common import (CLASSES, CONFIG_CLASSES, NUM_CLASSES,
-                                    config, images, make_files, petl_cfg)
-
-
-@pytest.fixture(scope='module')
-def files(tmp_path_factory):
-    return make_files(tmp_path_factory.mktemp('tasks'))
+                                    assert_same_detections, config, images,
+                                    petl_cfg)
 
 
 @pytest.fixture(scope='module')
@@ -86,17 +82,6 @@ def test_switching_keeps_the_base_and_predicts_like_the_task_alone(
         assert torch.equal(live, stored), key
 
 
-def _assert_same_detections(a, b, score_tol, box_tol):
-    """Equal up to rounding: scores in order, and each detection's box
-    and label found in the other (near-equal scores may swap places)."""
-    a, b = a.pred_instances, b.pred_instances
-    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=score_tol)
-    for box, label, score in zip(a.bboxes, a.labels, a.scores):
-        near = (b.labels == label) & ((b.scores - score).abs() <= score_tol)
-        gaps = (b.bboxes[near] - box).abs().amax(-1)
-        assert gaps.numel() and gaps.min() <= box_tol, (box, label, score)
-
-
 def test_mixed_batch_predicts_like_each_task_alone(det):
     """One forward for images of tasks A, B, A, C: each image gets its
     task's detections (its classes, its head) as if the batch ran through
@@ -116,7 +101,8 @@ def test_mixed_batch_predicts_like_each_task_alone(det):
     alone = {n: det.predict(pictures, task=n, batch_size=4) for n in 'ABC'}
     for i, name in enumerate(tasks):
         assert mixed[i].task == name
-        _assert_same_detections(mixed[i], alone[name][i], 1e-4, 5e-3)
+        assert_same_detections(mixed[i].pred_instances,
+                               alone[name][i].pred_instances, 1e-4, 5e-3)
         other = 'B' if name != 'B' else 'A'
         assert not torch.allclose(mixed[i].pred_instances.scores,
                                   alone[other][i].pred_instances.scores)
@@ -177,7 +163,8 @@ def test_detr_mixed_batch_routes_torch_attention(detr):
     alone = {n: bank.predict(inputs, copy.deepcopy(samples), [n] * 3)
              for n in 'PQ'}
     for i, name in enumerate(tasks):
-        _assert_same_detections(mixed[i], alone[name][i], 1e-4, 5e-3)
+        assert_same_detections(mixed[i].pred_instances,
+                               alone[name][i].pred_instances, 1e-4, 5e-3)
         other = 'P' if name == 'Q' else 'Q'
         assert not torch.allclose(mixed[i].pred_instances.scores,
                                   alone[other][i].pred_instances.scores)
