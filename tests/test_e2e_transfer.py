@@ -162,19 +162,26 @@ def test_test_tool_evaluates_several_tasks_in_one_table(setup, tmp_path):
         assert (tmp_path / 'work' / task).is_dir()
 
 
-def test_infer_on_target_val_images(setup, tmp_path):
-    """The end of `make demo`: tools/infer.py with the ET tuner on a few
-    target-val images (vis + preds named after each image)."""
-    tmp, data, base = setup['tmp'], setup['data'], setup['base']
-    out = tmp_path / 'infer'
-    log = ok(run([PY, 'tools/infer.py',
-                  f'{data}/images/target/val/00000[1-3].jpg', ET, base,
-                  '--tuner', f'target={tmp}/et/iter_4_tuner.pth',
-                  '--out-dir', out, '--score-thr', '0.05']))
-    assert f'3 of 3 images x 1 task(s) (target) written to {out}' in log
+def test_demo_ends_with_infer_on_target_val_images(setup, tmp_path):
+    """The last step of `make demo` (tools/demo/run_demo.py run_infer):
+    tools/infer.py with the base and the ET tuner on the first target-val
+    images writes vis + preds named after each image."""
+    import importlib.util
+    from types import SimpleNamespace
+    spec = importlib.util.spec_from_file_location(
+        'mmpetl_run_demo', ROOT / 'tools/demo/run_demo.py')
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    tmp, data = setup['tmp'], setup['data']
+    args = SimpleNamespace(data_root=str(data), work_dir=str(tmp_path))
+    command, out = demo.run_infer(args, str(setup['base']),
+                                  str(tmp / 'et/iter_4_tuner.pth'), num=3)
+    assert command.startswith('python tools/infer.py ')
+    assert out == str(tmp_path / 'infer')
     for stem in ('000001', '000002', '000003'):
-        assert (out / 'vis' / f'{stem}.png').stat().st_size > 0
-        record = json.loads((out / 'preds' / f'{stem}.json').read_text())
+        assert (tmp_path / 'infer/vis' / f'{stem}.png').stat().st_size > 0
+        record = json.loads((tmp_path / 'infer/preds' / f'{stem}.json')
+                            .read_text())
         assert record['task'] == 'target' and record['scores']
         assert set(record['label_names']) <= set(TARGET_CLASSES)
 

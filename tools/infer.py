@@ -1,11 +1,11 @@
 """Detect objects in images with one base checkpoint and tuner checkpoints.
 
-    python tools/infer.py INPUTS CONFIG BASE.pth --tuner TUNER.pth \
+    python tools/infer.py INPUTS... CONFIG BASE.pth --tuner TUNER.pth \
         --out-dir DIR [--score-thr 0.3] [--device cpu] [--batch-size 4]
     python tools/infer.py INPUTS CONFIG BASE.pth --tuner garments=A.pth \
         --tuner shoes=B.pth [--task shoes] --out-dir DIR
 
-INPUTS is an image, a folder (its images) or a glob in quotes. CONFIG is
+INPUTS are images, folders (their images) or globs in quotes. CONFIG is
 the PETL config the tuners were trained with. The base is loaded once and
 every tuner checkpoint is checked against it (the base's sha256, as
 tools/test.py does); ``--force-base`` accepts a base of the same
@@ -50,7 +50,8 @@ BAD_INPUT = (CheckpointError, TaskError, FileNotFoundError, KeyError,
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('inputs', help='an image, a folder or a glob (quoted)')
+    p.add_argument('inputs', nargs='+',
+                   help='images, folders or globs (quoted)')
     p.add_argument('config', help='the PETL config the tuners trained with')
     p.add_argument('base', help='the shared base checkpoint')
     p.add_argument('--tuner', action='append', required=True,
