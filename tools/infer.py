@@ -151,17 +151,24 @@ def run(detector: MultiTaskDetector, images: Sequence[str],
     return failures
 
 
+def check_inputs(args) -> Tuple[List[Tuple[str, str]], List[str]]:
+    """What can be checked before the model is built (seconds): task
+    names, the images, each tuner against the base's sha256. Returns
+    ``(tuners, images)``; raises on bad input."""
+    tuners = parse_tuners(args.tuner)
+    if args.task and args.task not in dict(tuners):
+        raise unknown_task(args.task, [n for n, _ in tuners])
+    images = list_images(args.inputs)
+    output_stems(images)
+    for _, path in tuners:
+        check_base(load_tuner_checkpoint(path), args.base, args.force_base)
+    return tuners, images
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        tuners = parse_tuners(args.tuner)
-        if args.task and args.task not in dict(tuners):
-            raise unknown_task(args.task, [n for n, _ in tuners])
-        images = list_images(args.inputs)
-        output_stems(images)
-        for _, path in tuners:  # before the model is built: seconds
-            check_base(load_tuner_checkpoint(path), args.base,
-                       args.force_base)
+        tuners, images = check_inputs(args)
         detector = MultiTaskDetector(args.config, args.base, args.device)
         for name, path in tuners:
             detector.add_task(name, path, force_base=args.force_base)
