@@ -177,7 +177,11 @@ def task_configs(args, base_cfg):
         try:
             check_config(cfg, mode='test')
         except ConfigError as err:
-            problems.append(f'task {name!r} ({tuner}): {err}')
+            problems.append(
+                f'task {name!r} ({tuner}): {err}\n  A task\'s head size '
+                f'comes from its tuner file: evaluate it on the dataset it '
+                f'was trained on (--task-data {name}=DATA_ROOT, with those '
+                f'classes in metainfo.classes).')
         plans.append((name, tuner, cfg))
     if problems:
         raise ConfigError('\n'.join(problems))
