@@ -12,13 +12,18 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
         'mmpetl_task_benchmark', ROOT / 'tools/analysis/task_benchmark.py')
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    result = bench.main(['--quick', '--out-dir', str(tmp_path)])
+    bench.ROOT = str(tmp_path)  # --readme writes tmp_path/README.md
+    (tmp_path / 'README.md').write_text(
+        'intro\n<!-- tasks-bench:start -->\nold\n<!-- tasks-bench:end -->\n'
+        'rest\n')
+    result = bench.main(['--quick', '--out-dir', str(tmp_path), '--config',
+                         str(ROOT / bench.CONFIG), '--readme'])
     saved = json.loads((tmp_path / 'tasks.json').read_text())
     assert saved['rows'] == json.loads(json.dumps(result['rows']))
     header = saved['header']
     assert {'date', 'machine', 'software', 'command', 'setting'} <= set(
         header)
-    assert header['command'].endswith('--quick --out-dir ' + str(tmp_path))
+    assert f'--quick --out-dir {tmp_path} --config' in header['command']
     heads, adapters = saved['rows']
     assert (heads['bottleneck'], adapters['bottleneck']) == (0, 16)
     for row in saved['rows']:  # fp32 tensors: 4 bytes per parameter
@@ -35,3 +40,7 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
     text = (tmp_path / 'tasks.md').read_text()
     assert '| heads only | 68,370 |' in text
     assert 'one routed forward (mixed)' in text and '--quick' in text
+    readme = (tmp_path / 'README.md').read_text()
+    assert readme.startswith('intro\n<!-- tasks-bench:start -->\n- date: ')
+    assert '| heads only | 68,370 |' in readme and 'old' not in readme
+    assert readme.endswith('<!-- tasks-bench:end -->\nrest\n')

@@ -23,7 +23,8 @@ forward (mixed) vs one forward per task (switch + predict its images) vs
 the same batch under one task (what routing costs), timed in alternation.
 
 Writes ``tasks.{json,md}`` to ``--out-dir`` with date, machine and
-command. Time on a quiet machine: other jobs scale times unevenly.
+command (``--readme``: and into README.md). Time on a quiet machine:
+other jobs scale times unevenly.
 """
 import argparse
 import datetime
@@ -67,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument('--out-dir', default=osp.join('benchmarks', 'results',
                                                  'cpu'))
     p.add_argument('--name', default='tasks')
+    p.add_argument('--readme', action='store_true',
+                   help='copy the tables into README.md (tasks-bench '
+                   'markers)')
     args = p.parse_args(argv)
     if args.quick:
         args.bottlenecks, args.mixed_bottleneck = [0, 16], 16
@@ -263,6 +267,11 @@ def main(argv=None):
     text = markdown(header, rows, mixed)
     with open(osp.join(args.out_dir, args.name + '.md'), 'w') as f:
         f.write(text)
+    if args.readme:
+        from mmpetl.analysis.report import write_between_markers
+        body = text.split('\n', 2)[2].replace('\n## ', '\n#### ')
+        write_between_markers(osp.join(ROOT, 'README.md'), 'tasks-bench',
+                              body)
     print(text)
     return dict(header=header, rows=rows, mixed=mixed)
 
