@@ -53,6 +53,12 @@ def read_image(path: str) -> np.ndarray:
     """``(H, W, 3)`` uint8 BGR array of an image file (what MMDetection's
     ``LoadImageFromFile`` gives).
 
+    Args:
+        path: the image file.
+
+    Returns:
+        np.ndarray: ``(H, W, 3)`` uint8, BGR.
+
     Raises:
         ImageReadError: a missing, empty, truncated or non-image file.
     """
@@ -77,6 +83,12 @@ def read_image(path: str) -> np.ndarray:
 def list_images(inputs: Union[str, Sequence[str]]) -> List[str]:
     """Image paths from a file, a folder (its image files, sorted) or a
     glob pattern (or a list of those).
+
+    Args:
+        inputs: a path or glob, or a list of them.
+
+    Returns:
+        list[str]: the image files, in that order.
 
     Raises:
         FileNotFoundError: an input that names nothing.
@@ -157,14 +169,20 @@ class MultiTaskDetector:
     @property
     def tasks(self) -> List[str]:
         """Registered task names, in registration order."""
-        return self.bank.names
+        return self.bank.names if self.bank is not None else []
 
     @property
     def active_task(self) -> Optional[str]:
-        return self.bank.active
+        return self.bank.active if self.bank is not None else None
+
+    def _live(self) -> TaskBank:
+        if self.bank is None:
+            raise RuntimeError('this MultiTaskDetector was unloaded; build '
+                               'a new one to predict again')
+        return self.bank
 
     def task(self, name: str) -> Task:
-        return self.bank.get(name)
+        return self._live().get(name)
 
     def add_task(self, name: str, tuner_checkpoint: str,
                  classes: Optional[Sequence[str]] = None,
@@ -184,6 +202,7 @@ class MultiTaskDetector:
             TaskError: a taken name, another tuner structure, class names
                 that do not fit the head.
         """
+        self._live()
         tuner = load_tuner_checkpoint(tuner_checkpoint)
         check_base(tuner, self.base_checkpoint, force_base,
                    sha256=self.base_sha256)
@@ -214,23 +233,25 @@ class MultiTaskDetector:
 
     def remove_task(self, name: str) -> None:
         """Forget a task and free its tensors."""
-        self.bank.remove(name)
+        self._live().remove(name)
 
     def unload(self) -> None:
-        """Forget every task and release the model."""
+        """Forget every task and release the model (its memory is freed
+        once no other reference holds it)."""
         for name in list(self.tasks):
             self.bank.remove(name)
         self.model = self.bank = None
 
     def set_task(self, name: str) -> Task:
         """Make ``name`` the live task (its tensors copied in)."""
-        return self.bank.switch(name)
+        return self._live().switch(name)
 
     def classes(self, name: str) -> Optional[tuple]:
-        return self.bank.get(name).classes
+        return self.task(name).classes
 
     # -- prediction -------------------------------------------------------
     def _tasks_for(self, task, count: int) -> List[str]:
+        self._live()
         if task is None:
             if self.bank.active is None and len(self.tasks) == 1:
                 task = self.tasks[0]

@@ -28,7 +28,17 @@ _COUNTER = itertools.count()
 
 def prediction_dict(sample, classes: Optional[Sequence[str]] = None,
                     task: Optional[str] = None) -> Dict:
-    """A JSON-ready dict of a ``DetDataSample``'s ``pred_instances``."""
+    """A JSON-ready dict of a ``DetDataSample``'s ``pred_instances``.
+
+    Args:
+        sample: a predicted ``DetDataSample``.
+        classes: class names (adds ``label_names``).
+        task: the task's name (adds ``task``).
+
+    Returns:
+        dict: ``bboxes`` (N lists of x1, y1, x2, y2), ``scores`` (N),
+        ``labels`` (N), and ``label_names``/``task`` when given.
+    """
     pred = sample.pred_instances.cpu().numpy()
     labels = [int(x) for x in pred.labels]
     out = dict(bboxes=[[float(v) for v in box] for box in pred.bboxes],
@@ -62,8 +72,18 @@ class PredictionWriter:
     def write(self, stem: str, image_bgr: np.ndarray, sample,
               classes: Optional[Sequence[str]], task: Optional[str] = None
               ) -> Dict[str, str]:
-        """Write both files of one image (atomically); returns their
-        paths."""
+        """Write both files of one image (atomically).
+
+        Args:
+            stem: the output name (the image file's stem).
+            image_bgr: ``(H, W, 3)`` uint8 BGR image the boxes are drawn on.
+            sample: its predicted ``DetDataSample``.
+            classes: the task's class names.
+            task: the task's name, recorded in the JSON.
+
+        Returns:
+            dict: the ``vis`` and ``preds`` paths written.
+        """
         import mmcv
         paths = self.paths(stem)
         record = prediction_dict(sample, classes, task)

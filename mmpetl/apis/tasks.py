@@ -24,10 +24,11 @@ DETR family (``extract_feat`` -> ``forward_transformer`` ->
 * head modules the transformer itself calls (Deformable DETR's box
   refinement calls ``bbox_head.reg_branches`` in every decoder layer) are
   routed the same way, batch-first;
-* then each task's head (its tensors and class count) runs on the decoder
-  output and its own samples' detections are kept. Heads are a few Linear
-  layers, so running each on the whole batch costs little; it spares
-  slicing every head input by layout.
+* then each task's head (its tensors and class count) runs on its own
+  samples of the decoder output: ``hidden_states`` ``(L, B, Q, d)`` and
+  ``references`` ``(B, Q, k)``, what DETR, Deformable, Conditional, DAB
+  DETR and DINO hand their heads at inference (tested: DETR, Deformable
+  DETR).
 
 Each sample's detections are then those of that task alone on the same
 batch (equal up to float rounding: the routed branches run on fewer rows;
@@ -52,8 +53,8 @@ import torch
 import torch.nn as nn
 
 from mmpetl.checkpoints import check_tuner_fits
-from mmpetl.tuners.routing import RoutingError, TaskGroups, route_call, \
-    swapped
+from mmpetl.tuners.routing import (RoutingError, TaskGroups, route_call,
+                                   swapped, take_samples)
 
 __all__ = ['TaskBank', 'Task', 'TaskError', 'unknown_task',
            'classifier_outputs']
@@ -88,8 +89,15 @@ class Task:
 
 
 def unknown_task(name: str, known: Sequence[str]) -> TaskError:
-    """The error for a task name that is not registered, listing the
-    known ones."""
+    """The error for a task name that is not registered.
+
+    Args:
+        name: the name asked for.
+        known: the registered names (listed in the message).
+
+    Returns:
+        TaskError: to raise.
+    """
     listed = ', '.join(map(repr, known)) or 'none registered'
     return TaskError(f'unknown task {name!r}; known tasks: {listed}. '
                      f'Register it first (add_task / --tuner '
@@ -99,10 +107,22 @@ def unknown_task(name: str, known: Sequence[str]) -> TaskError:
 def classifier_outputs(state: Dict[str, torch.Tensor],
                        head: str = 'bbox_head',
                        source: str = 'tuner checkpoint') -> Optional[int]:
-    """Outputs of the classifier Linears of ``head`` in a tuner state
-    (``*cls*.weight``: ``fc_cls``, ``cls_branches.N``): the class count,
-    plus one for softmax heads (a background slot). None when the state
-    holds no classifier."""
+    """Outputs of the classifier Linears of a head in a tuner state.
+
+    Args:
+        state: tensors by model key (a tuner checkpoint's ``state_dict``).
+        head: the head's attribute (``bbox_head``).
+        source: the file, for messages.
+
+    Returns:
+        int | None: rows of its ``*cls*.weight`` tensors (``fc_cls``,
+        ``cls_branches.N``, all ``(outputs, d)``): the class count, plus
+        one for softmax heads (a background slot); None when the state
+        holds no classifier.
+
+    Raises:
+        TaskError: classifiers of different sizes.
+    """
     prefix = head + '.'
     sizes = {int(v.shape[0]) for k, v in state.items()
              if k.startswith(prefix) and k.endswith('.weight')
@@ -119,6 +139,10 @@ def _head_name(model: nn.Module) -> Optional[str]:
         if isinstance(getattr(model, name, None), nn.Module):
             return name
     return None
+
+
+#: batch dimension of the DETR family's head inputs at inference
+_HEAD_INPUT_DIMS = {'hidden_states': 1, 'references': 0}
 
 
 def _routed_forward(module: nn.Module, original, groups: TaskGroups,
@@ -246,7 +270,11 @@ class TaskBank:
 
     def remove(self, name: str) -> None:
         """Forget a task (its tensors are freed). Removing the active task
-        leaves no task active: predict then names one."""
+        leaves no task active: predict then names one.
+
+        Args:
+            name: a registered task.
+        """
         self.get(name)
         del self.tasks[name]
         if self.active == name:
@@ -280,7 +308,17 @@ class TaskBank:
 
         Only the task's tensors are written (``copy_``, or the data
         replaced when a head's shape differs); frozen tensors are never
-        touched. Returns the task.
+        touched.
+
+        Args:
+            name: a registered task.
+
+        Returns:
+            Task: the task now live.
+
+        Raises:
+            TaskError: an unknown task (the known ones listed).
+            RoutingError: merged LoRA in the model.
         """
         task = self.get(name)
         self._check_unmerged()
@@ -417,12 +455,24 @@ class TaskBank:
         with self._routing(groups, len(tasks)):
             feats = model.extract_feat(inputs)
             head_inputs = model.forward_transformer(feats, data_samples)
+        unknown = sorted(k for k, v in head_inputs.items()
+                         if k not in _HEAD_INPUT_DIMS and v is not None)
+        if unknown:
+            raise RoutingError(
+                f'{type(model.inner).__name__} hands its head inputs '
+                f'{unknown} whose batch layout mmpetl does not know '
+                f'(known: {sorted(_HEAD_INPUT_DIMS)}); predict one task '
+                f'per batch.')
         results = [None] * len(tasks)
         for name, idx in groups.items():
+            inputs_g = {k: take_samples(v, idx, _HEAD_INPUT_DIMS[k],
+                                        len(tasks)) if v is not None else v
+                        for k, v in head_inputs.items()}
             with self._head_of(self.tasks[name]):
-                per_task = model.bbox_head.predict(
-                    **head_inputs, rescale=rescale,
-                    batch_data_samples=data_samples)
-            for i in idx.tolist():
-                results[i] = per_task[i]
+                found = model.bbox_head.predict(
+                    **inputs_g, rescale=rescale,
+                    batch_data_samples=[data_samples[i]
+                                        for i in idx.tolist()])
+            for i, result in zip(idx.tolist(), found):
+                results[i] = result
         return model.add_pred_to_datasample(data_samples, results)

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ['RoutingError', 'TaskGroups', 'swapped', 'route_call',
-           'batch_dim_of', 'routing_active']
+           'batch_dim_of', 'take_samples']
 
 
 class RoutingError(RuntimeError):
@@ -67,6 +67,12 @@ def batch_dim_of(host: nn.Module) -> int:
     ``NonDynamicallyQuantizableLinear``) run mmpetl's tuned forward, which
     computes in ``(L, B, d)``: 1. Hosts with ``batch_first=False``: 1.
     Everything else (FFNs, Linears, MSDA internals, ViT blocks): 0.
+
+    Args:
+        host: the module a tuner hooks into.
+
+    Returns:
+        int: 0 or 1.
     """
     if isinstance(host, (nn.MultiheadAttention,
                          nn.modules.linear.NonDynamicallyQuantizableLinear)):
@@ -82,6 +88,11 @@ def swapped(module: nn.Module,
 
     Shapes may differ (a head with other classes). Use under
     ``torch.no_grad``: autograd does not see the swap.
+
+    Args:
+        module: whose tensors are swapped.
+        tensors: new tensors by name relative to ``module``
+            (``'branch.down.weight'``).
     """
     saved = []
     try:
@@ -109,9 +120,20 @@ def _rows(samples: torch.Tensor, rows: int, batch_size: int,
         per, device=device)).reshape(-1)
 
 
-def _take(obj, samples, dim, batch_size):
-    """``obj`` with every batch tensor cut to ``samples`` (nested
-    tuples/lists/dicts; other values as they are)."""
+def take_samples(obj, samples: torch.Tensor, dim: int, batch_size: int):
+    """``obj`` with every batch tensor cut to ``samples``.
+
+    Args:
+        obj: a tensor, or nested tuples/lists/dicts of them (other values
+            are returned as they are).
+        samples: LongTensor of the sample indices to keep.
+        dim: the batch dimension.
+        batch_size: B; a tensor whose size along ``dim`` is not a multiple
+            of B (a broadcast size 1, a non-batch argument) stays whole.
+
+    Returns:
+        ``obj`` with the rows of ``samples`` only.
+    """
     if torch.is_tensor(obj):
         if obj.dim() <= dim or batch_size == 1:
             return obj
@@ -121,9 +143,9 @@ def _take(obj, samples, dim, batch_size):
         return obj.index_select(dim, _rows(samples, rows, batch_size,
                                            obj.device))
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_take(o, samples, dim, batch_size) for o in obj)
+        return type(obj)(take_samples(o, samples, dim, batch_size) for o in obj)
     if isinstance(obj, dict):
-        return {k: _take(v, samples, dim, batch_size) for k, v in obj.items()}
+        return {k: take_samples(v, samples, dim, batch_size) for k, v in obj.items()}
     return obj
 
 
@@ -180,13 +202,8 @@ def route_call(fn: Callable, args: Tuple, kwargs: Optional[Dict],
     with torch.no_grad():
         for samples, tensors, _ in groups.groups:
             with swapped(module, tensors):
-                outputs.append(fn(*_take(args, samples, dim,
+                outputs.append(fn(*take_samples(args, samples, dim,
                                          groups.batch_size),
-                                  **_take(kwargs, samples, dim,
+                                  **take_samples(kwargs, samples, dim,
                                           groups.batch_size)))
     return _stitch(outputs, groups, dim, what)
-
-
-def routing_active(modules: Sequence[nn.Module]) -> bool:
-    """Whether any of ``modules`` is routing a batch now."""
-    return any(getattr(m, 'routing', None) is not None for m in modules)

@@ -68,6 +68,10 @@ def test_one_task_writes_vis_and_preds_like_the_api(infer, files, tmp_path,
         source = mmcv.imread(str(path))
         assert drawn.shape == source.shape  # boxes drawn on the image
         assert not np.array_equal(drawn, source)
+    det.unload()  # tasks and model released
+    assert det.tasks == [] and det.model is None
+    with pytest.raises(RuntimeError, match='was unloaded'):
+        det.predict(str(files['images'][0]), task='B')
 
 
 def test_several_tasks_each_image_through_every_task(infer, files, tmp_path):

@@ -198,3 +198,16 @@ def test_what_cannot_route_or_switch_is_refused(detr):
     with pytest.raises(RoutingError, match=r'outside the tuners and '
                        r'bbox_head.*backbone\.conv1\.weight'):
         biased.predict(inputs, samples, ['P', 'Q'])
+    # a detector handing its head an input of unknown batch layout
+    original = model.inner.forward_transformer
+
+    def with_extra(*args, **kwargs):
+        return dict(original(*args, **kwargs), memory_extra=torch.ones(2))
+
+    model.inner.forward_transformer = with_extra
+    try:
+        with pytest.raises(RoutingError, match=r"head inputs "
+                           r"\['memory_extra'\] whose batch layout"):
+            bank.predict(inputs, samples, ['P', 'Q'])
+    finally:
+        del model.inner.forward_transformer

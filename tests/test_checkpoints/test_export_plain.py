@@ -1,11 +1,13 @@
 """A merged export runs in stock MMDetection, mmpetl never imported.
 
-tools/model_converters/export_merged.py turns base + a LoRA tuner file
-(5-class head) into OUT.pth and OUT.py; a fresh interpreter without mmpetl
+tools/model_converters/export_merged.py (its ``main``, in this process)
+turns base + a LoRA tuner file (5-class head) into OUT.pth and OUT.py; a
+fresh interpreter without mmpetl
 on its path (the venv's editable mmpetl would still be importable: the
 child checks that nothing imported it) runs ``init_detector`` +
 ``inference_detector`` and reproduces mmpetl's predictions.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -53,20 +55,20 @@ print(json.dumps(dict(classes=list(model.dataset_meta['classes']),
 '''
 
 
-def test_merged_export_runs_in_stock_mmdet_without_mmpetl(files, tmp_path):
+def test_merged_export_runs_in_stock_mmdet_without_mmpetl(files, tmp_path,
+                                                          capsys):
     tuner = make_lora_task(files['base'], tmp_path, LORA, CLASSES)
     cfg_file = tmp_path / 'lora.py'
     config(len(CLASSES), tuners=LORA).dump(str(cfg_file))
     out = tmp_path / 'export' / 'lora_plain.pth'
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / 'tools/model_converters/'
-                             'export_merged.py'), str(cfg_file),
-         str(files['base']), str(tuner), str(out)],
-        capture_output=True, text=True, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    spec = importlib.util.spec_from_file_location(
+        'mmpetl_export_merged', ROOT / 'tools/model_converters/'
+        'export_merged.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.main([str(cfg_file), str(files['base']), str(tuner), str(out)])
     plain_cfg = out.with_suffix('.py')
-    assert f'its config: {plain_cfg}' in proc.stdout
+    assert f'its config: {plain_cfg}' in capsys.readouterr().out
     text = plain_cfg.read_text()
     assert 'mmpetl' not in text and 'PETLModel' not in text
     assert 'num_classes=5' in text and "'sneaker'" in text

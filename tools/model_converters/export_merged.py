@@ -28,14 +28,14 @@ from mmpetl.checkpoints import (export_checkpoint, load_tuner_checkpoint,
 from mmpetl.utils.config_check import dataset_classes
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
     parser.add_argument('config')
     parser.add_argument('base')
     parser.add_argument('tuner')
     parser.add_argument('out')
     parser.add_argument('--force-base', action='store_true')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cfg = Config.fromfile(args.config)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     classes = load_tuner_checkpoint(args.tuner)['meta'].get('classes') or \
