@@ -31,8 +31,10 @@ DETR family (``extract_feat`` -> ``forward_transformer`` ->
   DETR).
 
 Each sample's detections are then those of that task alone on the same
-batch (equal up to float rounding: the routed branches run on fewer rows;
-tested on Deformable DETR and DETR).
+batch: bit-identical on one thread; on several, equal up to float
+rounding (the routed branches run on fewer rows, and torch splits their
+reductions between threads differently). Tested on Deformable DETR and
+DETR.
 
 Limits (refused with :class:`~mmpetl.tuners.routing.RoutingError`):
 merged LoRA; tuners that do not route (UniPT, VPT); task tensors outside

@@ -85,10 +85,11 @@ def test_switching_keeps_the_base_and_predicts_like_the_task_alone(
 def test_mixed_batch_predicts_like_each_task_alone(det):
     """One forward for images of tasks A, B, A, C: each image gets its
     task's detections (its classes, its head) as if the batch ran through
-    that task alone. Not bit-equal: routed branches run on fewer rows
-    (other GEMM blocking); measured <= 8e-6 in scores and <= 7e-4 px in
-    boxes, while the same model on the same image in a batch of 1 instead
-    of 4 moves by 7e-4 and 1.2e-2 px."""
+    that task alone. Bit-identical on one thread; on several, routed
+    branches run on fewer rows and torch splits their reductions
+    differently: measured <= 7e-6 in scores and <= 3e-2 px in boxes (2
+    threads, 64 px images), while the same model on the same image in a
+    batch of 1 instead of 4 moves by up to 1e-5 and 6e-2 px."""
     pictures = images()
     tasks = ['A', 'B', 'A', 'C']
     det.set_task('C')
@@ -102,7 +103,7 @@ def test_mixed_batch_predicts_like_each_task_alone(det):
     for i, name in enumerate(tasks):
         assert mixed[i].task == name
         assert_same_detections(mixed[i].pred_instances,
-                               alone[name][i].pred_instances, 1e-4, 5e-3)
+                               alone[name][i].pred_instances, 1e-4, 0.1)
         other = 'B' if name != 'B' else 'A'
         assert not torch.allclose(mixed[i].pred_instances.scores,
                                   alone[other][i].pred_instances.scores)
@@ -164,7 +165,7 @@ def test_detr_mixed_batch_routes_torch_attention(detr):
              for n in 'PQ'}
     for i, name in enumerate(tasks):
         assert_same_detections(mixed[i].pred_instances,
-                               alone[name][i].pred_instances, 1e-4, 5e-3)
+                               alone[name][i].pred_instances, 1e-4, 0.1)
         other = 'P' if name == 'Q' else 'Q'
         assert not torch.allclose(mixed[i].pred_instances.scores,
                                   alone[other][i].pred_instances.scores)

@@ -91,8 +91,9 @@ def test_merged_export_runs_in_stock_mmdet_without_mmpetl(files, tmp_path,
     for path, got in zip(images, plain):
         want = det.predict(path, task='lora').pred_instances
         assert int(want.labels.max()) < 5
-        # merged W + (a/r)BA vs the unmerged branch: float rounding
-        assert_same_detections(SimpleNamespace(**got), want, 1e-4, 1e-2)
+        # merged W + (a/r)BA vs the unmerged branch: float rounding (a
+        # missing merge moves scores by far more than 1e-4)
+        assert_same_detections(SimpleNamespace(**got), want, 1e-4, 0.1)
 
 
 def test_plain_config_names_what_still_needs_mmpetl():
