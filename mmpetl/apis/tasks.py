@@ -186,10 +186,6 @@ class TaskBank:
             raise unknown_task(name, self.tasks)
         return self.tasks[name]
 
-    def task_keys(self) -> List[str]:
-        """The model keys every task sets (empty before the first)."""
-        return list(self._slots)
-
     def frozen_keys(self) -> List[str]:
         """Model keys no task writes: the frozen base."""
         return [k for k in self.model.state_dict() if k not in self._slots]
@@ -205,6 +201,10 @@ class TaskBank:
                 ``state_dict``).
             classes: class names of its head, checked against its size.
             source: where ``state`` came from, for messages.
+
+        Returns:
+            Task: the registered task (its ``num_classes`` read from its
+            head's classifier).
 
         Raises:
             TaskError: a taken name, tensors other tasks do not have (or
