@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmpetl.apis import MultiTaskDetector
+from mmpetl.apis import MultiTaskDetector, RoutingError
 from tests.test_apis.common import CLASSES, config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +27,15 @@ def infer():
     return module
 
 
+@pytest.fixture(scope='module')
+def det(files):
+    """The API on the same config and base, tasks A and B."""
+    det = MultiTaskDetector(config(), str(files['base']))
+    for name in 'AB':
+        det.add_task(name, str(files['tuners'][name]))
+    return det
+
+
 def _argv(files, out, *tuners, extra=()):
     return [str(files['image_dir']), str(files['config']),
             str(files['base'])] + [a for name in tuners for a in (
@@ -39,8 +48,8 @@ def _files(folder):
                   for p in Path(folder).rglob('*') if p.is_file())
 
 
-def test_one_task_writes_vis_and_preds_like_the_api(infer, files, tmp_path,
-                                                    capsys):
+def test_one_task_writes_vis_and_preds_like_the_api(infer, files, det,
+                                                    tmp_path, capsys):
     out = tmp_path / 'out'
     assert infer.main(_argv(files, out, 'B', extra=['--score-thr',
                                                     '0.0'])) == 0
@@ -48,9 +57,8 @@ def test_one_task_writes_vis_and_preds_like_the_api(infer, files, tmp_path,
     assert _files(out) == sorted([f'preds/{s}.json' for s in stems] +
                                  [f'vis/{s}.png' for s in stems])
     assert '4 of 4 images x 1 task(s) (B)' in capsys.readouterr().out
-    det = MultiTaskDetector(config(), str(files['base']))
-    det.add_task('B', str(files['tuners']['B']))
-    want = det.predict([str(p) for p in files['images']], batch_size=3)
+    want = det.predict([str(p) for p in files['images']], task='B',
+                       batch_size=3)
     import mmcv
     for path, sample in zip(files['images'], want):
         record = json.loads((out / 'preds' / f'{path.stem}.json')
@@ -68,14 +76,13 @@ def test_one_task_writes_vis_and_preds_like_the_api(infer, files, tmp_path,
         source = mmcv.imread(str(path))
         assert drawn.shape == source.shape  # boxes drawn on the image
         assert not np.array_equal(drawn, source)
-    det.unload()  # tasks and model released
-    assert det.tasks == [] and det.model is None
-    with pytest.raises(RuntimeError, match='was unloaded'):
-        det.predict(str(files['images'][0]), task='B')
 
 
-def test_several_tasks_each_image_through_every_task(infer, files, tmp_path):
-    """No --task: one mixed batch per image chunk, outputs per task."""
+def test_several_tasks_each_image_through_every_task(infer, files, det,
+                                                     tmp_path, monkeypatch,
+                                                     capsys):
+    """No --task: one mixed batch per image chunk, outputs per task; a
+    model that cannot route runs one task per forward, same outputs."""
     out = tmp_path / 'out'
     assert infer.main(_argv(files, out, 'A', 'B')) == 0
     for task in 'AB':
@@ -88,6 +95,22 @@ def test_several_tasks_each_image_through_every_task(infer, files, tmp_path):
     a, b = (json.loads((out / t / 'preds/img_0.json').read_text())
             for t in 'AB')
     assert a['scores'] != b['scores']
+
+    def refuse():
+        raise RoutingError('cannot route here')
+
+    monkeypatch.setattr(det.bank, 'check_routable', refuse)
+    apart = tmp_path / 'apart'
+    assert infer.run(det, [str(p) for p in files['images']], ['A', 'B'],
+                     str(apart), 0.3, 3) == []
+    assert 'note: cannot route here' in capsys.readouterr().err
+    for task in 'AB':
+        for path in files['images']:
+            mixed, alone = (json.loads((root / task / 'preds' /
+                                        f'{path.stem}.json').read_text())
+                            for root in (out, apart))
+            np.testing.assert_allclose(mixed['scores'], alone['scores'],
+                                       rtol=0, atol=1e-4)
 
 
 def test_an_unreadable_image_is_skipped_and_listed(infer, files, tmp_path,
@@ -130,3 +153,10 @@ def test_bad_input_writes_nothing(infer, files, tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert match in err and f'nothing was written to {out}' in err
     assert not out.exists()
+
+
+def test_unload_releases_tasks_and_model(det, files):
+    det.unload()
+    assert det.tasks == [] and det.model is None
+    with pytest.raises(RuntimeError, match='was unloaded'):
+        det.predict(str(files['images'][0]), task='B')
