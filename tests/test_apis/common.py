@@ -148,3 +148,13 @@ def make_lora_task(base: Path, tmp: Path, tuners, classes) -> Path:
     save_tuner_checkpoint(model, str(path), str(base),
                           extra_meta=dict(classes=list(classes)))
     return path
+
+
+def detector(files: dict, tasks: str):
+    """A ``MultiTaskDetector`` on ``config()`` and the base of ``files``,
+    with the named tasks (``'ABC'``) registered."""
+    from mmpetl.apis import MultiTaskDetector
+    det = MultiTaskDetector(config(), str(files['base']))
+    for name in tasks:
+        det.add_task(name, str(files['tuners'][name]))
+    return det

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmpetl.apis import MultiTaskDetector, RoutingError
-from tests.test_apis.common import CLASSES, config
+from mmpetl.apis import RoutingError
+from tests.test_apis.common import CLASSES, detector
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,10 +30,7 @@ def infer():
 @pytest.fixture(scope='module')
 def det(files):
     """The API on the same config and base, tasks A and B."""
-    det = MultiTaskDetector(config(), str(files['base']))
-    for name in 'AB':
-        det.add_task(name, str(files['tuners'][name]))
-    return det
+    return detector(files, 'AB')
 
 
 def _argv(files, out, *tuners, extra=()):

@@ -11,23 +11,20 @@ import random
 import pytest
 import torch
 
-from mmpetl.apis import MultiTaskDetector, RoutingError, TaskBank, TaskError
+from mmpetl.apis import RoutingError, TaskBank, TaskError
 from mmpetl.checkpoints import (build_tuned_model, load_tuner_checkpoint,
                                 state_dict_of)
 from mmpetl.models import PETLModel
 from mmpetl.utils import load_checkpoint_file
 from tests.conftest import det_batch, small_detr_cfg
 from tests.test_apis.common import (CLASSES, CONFIG_CLASSES, NUM_CLASSES,
-                                    assert_same_detections, config, images,
+                                    assert_same_detections, detector, images,
                                     petl_cfg)
 
 
 @pytest.fixture(scope='module')
 def det(files):
-    det = MultiTaskDetector(config(), str(files['base']))
-    for name in 'ABC':
-        det.add_task(name, str(files['tuners'][name]))
-    return det
+    return detector(files, 'ABC')
 
 
 def _frozen(det, base):

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from mmpetl.apis import MultiTaskDetector
