@@ -16,12 +16,14 @@ demo: install
 
 # Every benchmark table in the README (CPU; see benchmarks/README.md):
 # speed/memory/parameters, detection accuracy on the demo transfer (reuses
-# the base `make demo` published, trains it if absent), ViT accuracy.
+# the base `make demo` published, trains it if absent), ViT accuracy,
+# task switching and mixed-task batches.
 SEEDS ?= 0 1 2
 benchmark: install
 	$(PY) tools/analysis/benchmark.py --readme
 	$(PY) tools/analysis/accuracy_benchmark.py --seeds $(SEEDS) --reuse --readme
 	$(PY) tools/analysis/vit_accuracy_benchmark.py --seeds $(SEEDS) --readme
+	$(PY) tools/analysis/task_benchmark.py --readme
 
 clean-venv:
 	rm -rf .venv

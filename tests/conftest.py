@@ -138,3 +138,11 @@ def load_tool(path: str):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope='session')
+def files(tmp_path_factory):
+    """One base, tuner files of tasks A/B/C, a config file and images
+    (tests/test_apis/common.py), for the API, tool and export tests."""
+    from tests.test_apis.common import make_files
+    return make_files(tmp_path_factory.mktemp('tasks'))

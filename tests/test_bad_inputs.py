@@ -32,7 +32,8 @@ def test_table_lists_exactly_the_cases():
     assert names == [c.name for c in CASES]
     assert len(set(names)) == len(names)
     areas = {c.area for c in CASES}
-    assert {'tuner config', 'config', 'checkpoint', 'training'} <= areas
+    assert {'tuner config', 'config', 'checkpoint', 'training',
+            'tasks'} <= areas
 
 
 def test_cases_cover_the_issue():
@@ -47,3 +48,12 @@ def test_cases_cover_the_issue():
         'ckpt-truncated', 'ckpt-pickled-code', 'tuner-other-sizes',
         'tuner-other-arch', 'tuner-other-base', 'non-finite-loss',
         'frozen-moved'} <= names
+
+
+def test_cases_cover_the_tasks_issue():
+    """Bad inputs of serving several tasks (inference, switching, mixed
+    batches) are in the table."""
+    names = {c.name for c in CASES}
+    assert {'task-unknown', 'task-other-base', 'task-classes-vs-head',
+            'image-unreadable', 'mixed-merged-lora',
+            'mixed-unroutable'} <= names

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 SOURCE = ROOT / 'configs/demo/deformable-detr_mnv2_demo-source.py'
 ET = ROOT / 'configs/demo/et-deformable-detr_mnv2_demo-target.py'
+TARGET_CLASSES = ('Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 
 
 def data_options(data_root, domain, iters=2, batch=2):
@@ -93,6 +94,8 @@ def test_training_logs_metric_report_and_tuner_checkpoint(setup):
     meta = torch.load(tuner, weights_only=True)['meta']
     assert meta['base_checkpoint'] == setup['base'].name
     assert meta['iter'] == 2
+    # the task's class names, for inference (tools/infer.py)
+    assert meta['classes'] == list(TARGET_CLASSES)
 
 
 def test_apply_then_test_predicts_exactly_like_trained_model(setup):
@@ -130,6 +133,57 @@ def test_mismatched_base_is_refused_by_test_tool(setup):
     assert proc.returncode != 0
     assert 'was trained on base' in proc.stderr and '--force-base' in \
         proc.stderr
+
+
+def test_test_tool_evaluates_several_tasks_in_one_table(setup, tmp_path):
+    """Two TASK=TUNER pairs, each with its own data root (the second a
+    copy of the first, at another path): one table, per-task outputs."""
+    import shutil
+    tmp, data, base = setup['tmp'], setup['data'], setup['base']
+    copy = tmp_path / 'copy'
+    shutil.copytree(data, copy)
+    out = ok(run([PY, 'tools/test.py', ET, base,
+                  '--tuner', f'it2={tmp}/et/iter_2_tuner.pth',
+                  '--tuner', f'it4={tmp}/et/iter_4_tuner.pth',
+                  '--task-data', f'it2={data}/', '--task-data',
+                  f'it4={copy}/', '--work-dir', tmp_path / 'work',
+                  '--out', tmp_path / 'preds.pkl', '--cfg-options'] +
+                 data_options(data, 'target')))
+    table = [line for line in out.splitlines() if line.startswith('| ')]
+    assert table[0].startswith('| task | bbox_mAP | bbox_mAP_50')
+    rows = {line.split(' | ')[0][2:]: line.split(' | ')[1:]
+            for line in table[1:]}
+    assert sorted(rows) == ['it2', 'it4']
+    assert all(0.0 <= float(r[0]) <= 1.0 for r in rows.values())
+    for task, root in (('it2', data), ('it4', copy)):
+        found = pickle.load(open(tmp_path / f'preds_{task}.pkl', 'rb'))
+        assert len(found) == 8
+        assert all(r['img_path'].startswith(f'{root}/') for r in found)
+        assert (tmp_path / 'work' / task).is_dir()
+
+
+def test_demo_ends_with_infer_on_target_val_images(setup, tmp_path):
+    """The last step of `make demo` (tools/demo/run_demo.py run_infer):
+    tools/infer.py with the base and the ET tuner on the first target-val
+    images writes vis + preds named after each image."""
+    import importlib.util
+    from types import SimpleNamespace
+    spec = importlib.util.spec_from_file_location(
+        'mmpetl_run_demo', ROOT / 'tools/demo/run_demo.py')
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    tmp, data = setup['tmp'], setup['data']
+    args = SimpleNamespace(data_root=str(data), work_dir=str(tmp_path))
+    command, out = demo.run_infer(args, str(setup['base']),
+                                  str(tmp / 'et/iter_4_tuner.pth'), num=3)
+    assert command.startswith('python tools/infer.py ')
+    assert out == str(tmp_path / 'infer')
+    for stem in ('000001', '000002', '000003'):
+        assert (tmp_path / 'infer/vis' / f'{stem}.png').stat().st_size > 0
+        record = json.loads((tmp_path / 'infer/preds' / f'{stem}.json')
+                            .read_text())
+        assert record['task'] == 'target' and record['scores']
+        assert set(record['label_names']) <= set(TARGET_CLASSES)
 
 
 DUMP_CONFIG = """

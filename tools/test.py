@@ -1,14 +1,29 @@
-"""Evaluate a checkpoint, or a base checkpoint plus a tuner checkpoint.
+"""Evaluate a checkpoint, or a base checkpoint plus tuner checkpoints.
 
     python tools/test.py CONFIG CHECKPOINT
     python tools/test.py CONFIG BASE.pth --tuner work_dirs/x/iter_500_tuner.pth
+    python tools/test.py CONFIG BASE.pth --tuner garments=A_tuner.pth \
+        --tuner shoes=B_tuner.pth --task-data garments=data/garments/ \
+        --task-data shoes=data/shoes/
 
 With --tuner, CHECKPOINT is the shared base: it is loaded first, then the
 tuner tensors, after checking that the tuners were trained on this base
 (--force-base applies them to another base of the same architecture).
 Mirrors MMDetection's tools/test.py.
+
+Several ``TASK=TUNER`` pairs evaluate each task on its own dataset and
+print one table (task | metrics). ``--task-data TASK=DATA_ROOT`` points
+the test dataset of that task at another data root with the config's
+layout (its ``ann_file`` and image folder relative to the root; the
+evaluator reads DATA_ROOT/ann_file); a task without it uses the config's
+data. Each task's head and test dataset take the task's classes (the
+tuner checkpoint's ``meta.classes``); every task's config is checked
+(paths, head vs dataset classes) before the first one runs. Outputs go
+to WORK_DIR/<task>, ``--out X.pkl`` to X_<task>.pkl, ``--show-dir D`` to
+D/<task>.
 """
 import argparse
+import copy
 import os
 import os.path as osp
 import sys
@@ -17,15 +32,21 @@ from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import mmpetl  # noqa: E402,F401
-from tool_utils import load_config, setup_cpu_distributed  # noqa: E402
-from mmpetl.utils.config_check import check_config  # noqa: E402
+from tool_utils import (load_config, parse_pairs,  # noqa: E402
+                        setup_cpu_distributed)
+from mmpetl.utils.config_check import ConfigError, check_config  # noqa: E402
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Test (and eval) a model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint (the base with --tuner)')
-    parser.add_argument('--tuner', help='a tuner checkpoint (*_tuner.pth)')
+    parser.add_argument('--tuner', action='append', metavar='[TASK=]TUNER',
+                        help='a tuner checkpoint (*_tuner.pth), or '
+                        'TASK=TUNER, repeated for several tasks')
+    parser.add_argument('--task-data', action='append', default=[],
+                        metavar='TASK=DATA_ROOT',
+                        help='the data root of a task\'s test dataset')
     parser.add_argument('--force-base', action='store_true',
                         help='apply --tuner to a base other than its own')
     parser.add_argument('--work-dir', help='the dir for evaluation metrics')
@@ -43,46 +64,176 @@ def parse_args():
     return args
 
 
-def build_cfg(args):
-    cfg = load_config(args)
+def build_cfg(args, cfg=None, tuner=None, out=None, show_dir=None):
+    """The test config: CHECKPOINT as ``load_from``, a ``LoadTunerHook``
+    for ``tuner``, AMP, ``--show-dir`` and ``--out`` as asked."""
+    cfg = load_config(args) if cfg is None else cfg
     cfg.load_from = args.checkpoint
     cfg.resume = False
-    if args.tuner:
+    if tuner:
         hooks = list(cfg.get('custom_hooks', []))
         hooks.append(dict(type='mmpetl.LoadTunerHook',
-                          tuner_checkpoint=args.tuner,
+                          tuner_checkpoint=tuner,
                           force_base=args.force_base))
         cfg.custom_hooks = hooks
     if args.amp:
         cfg.test_cfg.fp16 = True
-    if args.show_dir:
+    if show_dir:
         vis = cfg.default_hooks.get('visualization')
         if vis is None:
             raise SystemExit('--show-dir needs a `visualization` hook in '
                              'default_hooks (DetVisualizationHook)')
-        vis.update(draw=True, test_out_dir=args.show_dir)
-    if args.out:
-        if not args.out.endswith(('.pkl', '.pickle')):
+        vis.update(draw=True, test_out_dir=show_dir)
+    if out:
+        if not out.endswith(('.pkl', '.pickle')):
             raise SystemExit('--out must end with .pkl or .pickle')
         cfg.test_evaluator = [cfg.test_evaluator, dict(
-            type='DumpDetResults', out_file_path=args.out)] if not isinstance(
+            type='DumpDetResults', out_file_path=out)] if not isinstance(
                 cfg.test_evaluator, list) else cfg.test_evaluator + [
-                    dict(type='DumpDetResults', out_file_path=args.out)]
+                    dict(type='DumpDetResults', out_file_path=out)]
     return cfg
 
 
-def main():
-    args = parse_args()
-    cfg = build_cfg(args)
-    check_config(cfg, mode='test')  # paths, num_classes: before any build
-    setup_cpu_distributed(cfg, args.launcher)
+def _leaves(dataset):
+    """The dataset configs inside wrappers (``dataset``/``datasets``)."""
+    if isinstance(dataset.get('dataset'), dict):
+        return _leaves(dataset['dataset'])
+    if dataset.get('datasets'):
+        return [d for inner in dataset['datasets'] for d in _leaves(inner)]
+    return [dataset]
+
+
+def _use_data(cfg, root: str) -> None:
+    """Point the test dataset(s) and evaluator(s) at ``root``."""
+    leaves = _leaves(cfg.test_dataloader.dataset)
+    for dataset in leaves:
+        dataset.data_root = root
+    ann = leaves[0].get('ann_file')
+    evaluators = cfg.test_evaluator if isinstance(
+        cfg.test_evaluator, list) else [cfg.test_evaluator]
+    for evaluator in evaluators:
+        if evaluator.get('ann_file') and ann and not osp.isabs(ann):
+            evaluator.ann_file = osp.join(root, ann)
+
+
+def _use_classes(cfg, tuner_path: str) -> None:
+    """The head and test dataset take the task's classes (the tuner's
+    ``meta.classes``); a tuner without them keeps the config's classes,
+    and its head's size goes to the config (check_config then compares
+    it with the dataset's classes)."""
+    from mmpetl.apis import classifier_outputs
+    from mmpetl.checkpoints import load_tuner_checkpoint
+    tuner = load_tuner_checkpoint(tuner_path)
+    model = cfg.model.get('model', cfg.model)
+    head = model.get('bbox_head')
+    classes = tuner['meta'].get('classes')
+    if classes:
+        for dataset in _leaves(cfg.test_dataloader.dataset):
+            dataset.metainfo = dict(dataset.get('metainfo') or {},
+                                    classes=tuple(classes))
+        if head is not None:
+            head.num_classes = len(classes)
+    elif head is not None:
+        outputs = classifier_outputs(tuner['state_dict'], 'bbox_head',
+                                     tuner_path)
+        sigmoid = head.get('loss_cls', {}).get('use_sigmoid', False)
+        if outputs is not None:
+            head.num_classes = outputs - (0 if sigmoid else 1)
+
+
+def task_configs(args, base_cfg):
+    """``[(task, tuner, config)]`` for several ``TASK=TUNER`` pairs, each
+    checked (paths, head vs dataset classes) before any runs; None for the
+    single ``--tuner PATH`` form."""
+    tuners = parse_pairs(args.tuner, '--tuner')
+    if len(tuners) <= 1 and all(n is None for n, _ in tuners):
+        if args.task_data:
+            raise SystemExit('--task-data needs named tasks: --tuner '
+                             'TASK=TUNER --task-data TASK=DATA_ROOT')
+        return None
+    unnamed = [t for n, t in tuners if n is None]
+    if unnamed:
+        raise SystemExit(f'with several tuners, name each task: --tuner '
+                         f'TASK=TUNER (unnamed: {unnamed})')
+    data = dict(parse_pairs(args.task_data, '--task-data'))
+    unknown = sorted(set(data) - {n for n, _ in tuners})
+    if unknown or None in data:
+        raise SystemExit(f'--task-data for task(s) {unknown or [None]} that '
+                         f'no --tuner names; give TASK=DATA_ROOT for the '
+                         f'tasks of --tuner TASK=TUNER')
+    plans, problems = [], []
+    for name, tuner in tuners:
+        cfg = copy.deepcopy(base_cfg)
+        cfg.work_dir = osp.join(base_cfg.work_dir, name)
+        cfg.experiment_name = f'{name}_{os.getpid()}'
+        if name in data:
+            _use_data(cfg, data[name])
+        if osp.isfile(tuner):
+            _use_classes(cfg, tuner)
+        out = args.out and f'{osp.splitext(args.out)[0]}_{name}' \
+            f'{osp.splitext(args.out)[1]}'
+        show = args.show_dir and osp.join(args.show_dir, name)
+        cfg = build_cfg(args, cfg, tuner, out, show)
+        try:
+            check_config(cfg, mode='test')
+        except ConfigError as err:
+            problems.append(
+                f'task {name!r} ({tuner}): {err}\n  A task\'s head size '
+                f'comes from its tuner file: evaluate it on the dataset it '
+                f'was trained on (--task-data {name}=DATA_ROOT, with those '
+                f'classes in metainfo.classes).')
+        plans.append((name, tuner, cfg))
+    if problems:
+        raise ConfigError('\n'.join(problems))
+    return plans
+
+
+def _number(value):
+    return round(float(value), 4) if isinstance(value, (int, float)) \
+        else value
+
+
+def metrics_table(rows) -> str:
+    """``| task | metric ... |`` of ``[(task, metrics dict)]``."""
+    keys = []
+    for _, metrics in rows:
+        keys += [k for k in metrics if k not in keys]
+    head = [k.split('/')[-1] for k in keys]
+    lines = ['| task | ' + ' | '.join(head) + ' |',
+             '|---|' + '---:|' * len(keys)]
+    for task, metrics in rows:
+        lines.append(f'| {task} | ' + ' | '.join(
+            str(_number(metrics[k])) if k in metrics else '-'
+            for k in keys) + ' |')
+    return '\n'.join(lines)
+
+
+def _run(cfg):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else \
         RUNNERS.build(cfg)
-    metrics = runner.test()
-    print({k: round(float(v), 4) if isinstance(v, (int, float)) else v
-           for k, v in (metrics or {}).items()})
+    return runner.test() or {}
+
+
+def main():
+    args = parse_args()
+    base_cfg = load_config(args)
+    plans = task_configs(args, base_cfg) if args.tuner else None
+    if plans is None:
+        tuner = args.tuner[0] if args.tuner else None
+        cfg = build_cfg(args, base_cfg, tuner, args.out, args.show_dir)
+        check_config(cfg, mode='test')  # paths, num_classes: before builds
+        setup_cpu_distributed(cfg, args.launcher)
+        print({k: _number(v) for k, v in _run(cfg).items()})
+        return
+    setup_cpu_distributed(plans[0][2], args.launcher)
+    rows = []
+    for name, _, cfg in plans:
+        if plans[0][2].get('model_wrapper_cfg'):
+            cfg.model_wrapper_cfg = plans[0][2].model_wrapper_cfg
+        rows.append((name, _run(cfg)))
+    print(metrics_table(rows))
 
 
 if __name__ == '__main__':

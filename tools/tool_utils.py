@@ -41,3 +41,22 @@ def setup_cpu_distributed(cfg, launcher: str, logger_print=print) -> None:
     if int(os.environ.get('RANK', 0)) == 0:
         logger_print(f'mmpetl: no CUDA device: {dist.get_world_size()} '
                      f'processes on CPU with the gloo backend')
+
+
+def parse_pairs(values, option: str):
+    """``[(name, value)]`` from ``NAME=VALUE`` arguments (``--tuner``,
+    ``--task-data``); a bare value (or an existing path containing ``=``)
+    gets the name None. A name given twice is refused."""
+    pairs = []
+    for value in values or []:
+        name, sep, rest = str(value).partition('=')
+        if not sep or not name or osp.exists(value):
+            pairs.append((None, str(value)))
+        else:
+            pairs.append((name, rest))
+    names = [n for n, _ in pairs if n is not None]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f'task name(s) {twice} given twice in {option}; '
+                         f'name each task once: {option} NAME=...')
+    return pairs

@@ -1,12 +1,12 @@
 """Base checkpoint + tuner checkpoint -> one full mmpetl checkpoint."""
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 from mmpetl.injection import parameter_matches
 from mmpetl.utils import atomic_save, load_checkpoint_file
 from .base import check_base, check_shapes, state_dict_of
 from .format import MARKER, load_tuner_checkpoint
 
-__all__ = ['apply_tuner_checkpoint', 'load_tuner_state']
+__all__ = ['apply_tuner_checkpoint', 'load_tuner_state', 'check_tuner_fits']
 
 
 def apply_tuner_checkpoint(base_path: str, tuner_path: str,
@@ -48,6 +48,33 @@ def apply_tuner_checkpoint(base_path: str, tuner_path: str,
     return result
 
 
+def check_tuner_fits(current: Dict, tuner: Dict, source: str,
+                     resizable: Sequence[str] = ()) -> None:
+    """Refuse tuner tensors a model does not have or cannot hold.
+
+    Args:
+        current: the model's state dict (tensors or parameters by key).
+        tuner: a loaded tuner checkpoint (:func:`load_tuner_checkpoint`).
+        source: the file it came from, for messages.
+        resizable: keys whose shape may differ (a head with other classes).
+
+    Raises:
+        KeyError: tensors the model does not have (other tuners).
+        ShapeMismatchError: tensors of other shapes (other sizes/classes).
+    """
+    unknown = [k for k in tuner['state_dict'] if k not in current]
+    if unknown:
+        raise KeyError(
+            f'{source} has {len(unknown)} tensors this model does not have '
+            f'(first: {unknown[:3]}): it was trained with other tuners; use '
+            f'the config it was trained with.')
+    skip = set(resizable)
+    check_shapes(current, {k: v for k, v in tuner['state_dict'].items()
+                           if k not in skip}, source,
+                 'It was trained with other tuner sizes or another model: '
+                 'use the config it was trained with.')
+
+
 def load_tuner_state(model, tuner: Dict, source: str) -> None:
     """Load a tuner checkpoint's tensors into a built ``PETLModel``.
 
@@ -60,14 +87,5 @@ def load_tuner_state(model, tuner: Dict, source: str) -> None:
         KeyError: tensors the model does not have (other tuners).
         ShapeMismatchError: tensors of other shapes (other sizes/classes).
     """
-    current = model.state_dict()
-    unknown = [k for k in tuner['state_dict'] if k not in current]
-    if unknown:
-        raise KeyError(
-            f'{source} has {len(unknown)} tensors this model does not have '
-            f'(first: {unknown[:3]}): it was trained with other tuners; use '
-            f'the config it was trained with.')
-    check_shapes(current, tuner['state_dict'], source,
-                 'It was trained with other tuner sizes or another model: '
-                 'use the config it was trained with.')
+    check_tuner_fits(model.state_dict(), tuner, source)
     model.load_state_dict(tuner['state_dict'], strict=False)

@@ -8,17 +8,28 @@ written: stock ``mmdet``/``mmpretrain`` load the file into the inner model's
 config without mmpetl. Tuners that add computation no vanilla module holds
 (adapters, prefixes, U-Tuners, VPT, UniPT) cannot be exported this way: the
 export is refused, naming them.
+
+:func:`plain_config` writes the config to use with it: the inner detector
+(the task's class count, its classes in the datasets' metainfo) without
+mmpetl's model wrapper, hooks, optimizer constructor and imports. The
+checkpoint's ``meta.dataset_meta.classes`` are the task's, which
+``mmdet.apis.init_detector`` reads. A detector whose own modules come from
+mmpetl (the demo's ``mmpetl.TorchvisionMobileNetV2`` backbone) still needs
+mmpetl to build: the config then keeps ``custom_imports=['mmpetl']`` and
+:func:`plain_config` names those types.
 """
-from typing import Dict, Optional
+import copy
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-from mmpetl.utils import atomic_save, load_checkpoint_file
+from mmpetl.utils import atomic_save, atomic_write, load_checkpoint_file
 from .apply import load_tuner_state
 from .base import check_base, state_dict_of
 from .format import MARKER, load_tuner_checkpoint
 
-__all__ = ['export_checkpoint', 'build_tuned_model', 'NotMergeableError']
+__all__ = ['export_checkpoint', 'build_tuned_model', 'NotMergeableError',
+           'plain_config', 'write_plain_config']
 
 
 class NotMergeableError(TypeError):
@@ -27,15 +38,27 @@ class NotMergeableError(TypeError):
 
 def build_tuned_model(model_cfg: Dict, base: Dict,
                       tuner: Optional[Dict] = None,
-                      tuner_source: str = 'tuner checkpoint') -> nn.Module:
+                      tuner_source: str = 'tuner checkpoint',
+                      skip_other_shapes: Optional[bool] = None) -> nn.Module:
     """A ``PETLModel`` from its config, loaded with a base checkpoint dict
     (and a tuner checkpoint dict, already checked against the base); eval.
+
+    Args:
+        model_cfg: the ``PETLModel`` config.
+        base: the loaded base checkpoint.
+        tuner: a loaded tuner checkpoint, or None.
+        tuner_source: the tuner's file, for messages.
+        skip_other_shapes: leave base tensors whose shape differs from the
+            model's (a head with other classes) out; default: when a tuner
+            is given (its heads replace them).
     """
     from mmengine.registry import MODELS
     model = MODELS.build(model_cfg)
     own = model.state_dict()
     state = state_dict_of(base)
-    if tuner is not None:  # trained heads replace the base's classes
+    if skip_other_shapes is None:
+        skip_other_shapes = tuner is not None
+    if skip_other_shapes:  # trained heads replace the base's classes
         state = {k: v for k, v in state.items()
                  if k in own and own[k].shape == v.shape}
     model.load_state_dict(state, strict=False)
@@ -45,8 +68,8 @@ def build_tuned_model(model_cfg: Dict, base: Dict,
 
 
 def export_checkpoint(model_cfg: Dict, base_path: str, tuner_path: str,
-                      out_path: Optional[str] = None,
-                      force: bool = False) -> Dict:
+                      out_path: Optional[str] = None, force: bool = False,
+                      classes: Optional[Sequence[str]] = None) -> Dict:
     """base + tuners -> a plain checkpoint of the inner model.
 
     Args:
@@ -55,6 +78,9 @@ def export_checkpoint(model_cfg: Dict, base_path: str, tuner_path: str,
         tuner_path: the tuner checkpoint.
         out_path: where to write it (atomic); None: only return it.
         force: accept a base with other weights of the same architecture.
+        classes: the task's class names for ``meta.dataset_meta`` (default:
+            the tuner checkpoint's ``meta.classes``; else the base's
+            dataset_meta is kept).
 
     Returns:
         dict: ``{'state_dict', 'meta'}``; ``meta['mmpetl_export']`` lists
@@ -85,7 +111,120 @@ def export_checkpoint(model_cfg: Dict, base_path: str, tuner_path: str,
     meta['mmpetl_export'] = dict(
         {k: v for k, v in tuner['meta'].items() if k != MARKER},
         merged=report['merged'], folded=report['folded'])
+    classes = classes if classes is not None else tuner['meta'].get(
+        'classes')
+    if classes is not None:  # what mmdet's init_detector names classes by
+        meta['dataset_meta'] = dict(classes=tuple(classes))
     result = {'state_dict': state, 'meta': meta}
     if out_path:
         atomic_save(result, out_path)
     return result
+
+
+_MMPETL_PARAMWISE = ('tuner_lr_mult', 'tuner_follow_keys',
+                     'tuner_token_decay_mult')
+
+
+def _mmpetl_types(obj, where: str = '') -> List[str]:
+    """``key: type`` of every ``type='mmpetl.X'`` left in a config."""
+    found = []
+    if isinstance(obj, dict):
+        kind = obj.get('type')
+        if isinstance(kind, str) and kind.startswith('mmpetl.'):
+            found.append(f'{where or "<root>"}: {kind}')
+        for key, value in obj.items():
+            found += _mmpetl_types(value, f'{where}.{key}' if where else key)
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            found += _mmpetl_types(value, f'{where}[{i}]')
+    return found
+
+
+def _set_classes(dataset: Dict, classes: Tuple[str, ...]) -> None:
+    """``metainfo.classes`` of a dataset config (inside wrappers too)."""
+    if not isinstance(dataset, dict):
+        return
+    if isinstance(dataset.get('dataset'), dict):
+        _set_classes(dataset['dataset'], classes)
+    for inner in dataset.get('datasets') or []:
+        _set_classes(inner, classes)
+    if 'type' in dataset and 'dataset' not in dataset and \
+            'datasets' not in dataset:
+        dataset['metainfo'] = dict(dataset.get('metainfo') or {},
+                                   classes=classes)
+
+
+def plain_config(cfg, classes: Optional[Sequence[str]] = None
+                 ) -> Tuple[Dict, List[str]]:
+    """The PETL config's plain MMDetection twin, for an exported model.
+
+    Args:
+        cfg: the PETL config (an MMEngine ``Config``) the tuners trained
+            with.
+        classes: the task's class names: the head's ``num_classes`` and
+            the datasets' ``metainfo.classes`` become theirs.
+
+    Returns:
+        tuple: the config as a dict (``Config(d)`` builds it), and the
+        ``key: mmpetl.X`` types it still holds (empty: stock mmdet builds
+        it without mmpetl).
+    """
+    plain = copy.deepcopy(cfg.to_dict() if hasattr(cfg, 'to_dict')
+                          else dict(cfg))
+    petl = plain['model']
+    if str(petl.get('type', '')).endswith('PETLModel'):
+        inner = petl['model']
+        if petl.get('data_preprocessor') is not None:
+            inner.setdefault('data_preprocessor', petl['data_preprocessor'])
+        plain['model'] = inner
+    if classes is not None:
+        classes = tuple(str(c) for c in classes)
+        for head in ('bbox_head', 'head'):
+            if isinstance(plain['model'].get(head), dict):
+                plain['model'][head]['num_classes'] = len(classes)
+        for phase in ('train', 'val', 'test'):
+            loader = plain.get(f'{phase}_dataloader')
+            if isinstance(loader, dict):
+                _set_classes(loader.get('dataset'), classes)
+    hooks = [h for h in plain.get('custom_hooks') or []
+             if not str(h.get('type', '')).startswith('mmpetl.')]
+    if hooks:
+        plain['custom_hooks'] = hooks
+    else:
+        plain.pop('custom_hooks', None)
+    optim = plain.get('optim_wrapper')
+    if isinstance(optim, dict):
+        if str(optim.get('constructor', '')).startswith('mmpetl.'):
+            del optim['constructor']
+        if optim.get('type') == 'mmpetl.AmpOptimWrapper':
+            optim['type'] = 'AmpOptimWrapper'
+        paramwise = optim.get('paramwise_cfg')
+        if isinstance(paramwise, dict):
+            for key in _MMPETL_PARAMWISE:
+                paramwise.pop(key, None)
+    plain.update(load_from=None, resume=False)
+    needs = _mmpetl_types(plain)
+    imports = plain.pop('custom_imports', None) or {}
+    kept = [m for m in imports.get('imports', [])
+            if not str(m).split('.')[0] == 'mmpetl']
+    if needs:
+        kept.append('mmpetl')
+    if kept:
+        plain['custom_imports'] = dict(imports, imports=kept)
+    return plain, needs
+
+
+def write_plain_config(cfg, path: str,
+                       classes: Optional[Sequence[str]] = None) -> List[str]:
+    """Write :func:`plain_config` to ``path`` (a ``.py``, atomically);
+    returns the mmpetl types it still needs (see there)."""
+    from mmengine.config import Config
+    plain, needs = plain_config(cfg, classes)
+    text = Config(plain).pretty_text
+
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            f.write(text)
+
+    atomic_write(path, write)
+    return needs

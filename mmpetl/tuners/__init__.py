@@ -8,6 +8,7 @@ from .deformable_prefix import DeformablePrefix
 from .lora import LoRA, LoRAFusedAttention, LoRALinear
 from .prefix import (PREFIX_FORMS, PREFIX_INITS, PrefixBase, PrefixTuning,
                      ScaledPrefix)
+from .routing import RoutingError, TaskGroups
 from .serial_adapter import SerialAdapter
 from .unipt import UniPT
 from .utuner import UTuner
@@ -17,5 +18,6 @@ __all__ = [
     'BaseTuner', 'TunerHostError', 'ParallelAdapter', 'ScaledPrefix',
     'PrefixTuning', 'PrefixBase', 'PREFIX_FORMS', 'PREFIX_INITS',
     'DeformablePrefix', 'LoRA', 'LoRALinear',
-    'LoRAFusedAttention', 'SerialAdapter', 'UTuner', 'VPT', 'UniPT'
+    'LoRAFusedAttention', 'SerialAdapter', 'UTuner', 'VPT', 'UniPT',
+    'RoutingError', 'TaskGroups'
 ]

@@ -61,6 +61,7 @@ class ParallelAdapter(BaseTuner):
 
     attr_name = 'adapter'
     host_types = (FFN, nn.Linear)
+    routable = True
 
     def __init__(self, dims: int, bottleneck: int = 64, scale: float = 1.0,
                  learnable_scale: bool = False, layer_norm: bool = False,
@@ -77,7 +78,7 @@ class ParallelAdapter(BaseTuner):
         return cls(host_width(host), **kwargs)
 
     def _install(self, host: nn.Module) -> None:
-        host.register_forward_hook(self._hook, with_kwargs=True)
+        host.register_forward_hook(self.routed_hook, with_kwargs=True)
 
     def _hook(self, host, args, kwargs, output):
         x = args[0] if args else kwargs['x' if 'x' in kwargs else 'input']

@@ -11,11 +11,14 @@ computation in one of two ways:
   the host's ``forward`` to a re-implementation that uses the host's own
   frozen weights and consults every tuner attached to it.
 """
+import functools
 from abc import ABCMeta, abstractmethod
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+
+from .routing import batch_dim_of, route_call
 
 __all__ = ['BaseTuner', 'TunerHostError', 'count_params']
 
@@ -46,6 +49,9 @@ class BaseTuner(nn.Module, metaclass=ABCMeta):
     #: names of parameters that are learned tokens (prefixes, prompts):
     #: the PETL optimizer constructor exempts them from weight decay
     token_params: Tuple[str, ...] = ()
+    #: the tuner computes its part per task group while ``routing`` is set
+    #: (mixed-task batches, :mod:`mmpetl.tuners.routing`)
+    routable: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -55,6 +61,9 @@ class BaseTuner(nn.Module, metaclass=ABCMeta):
         #: tuner then fills ``last_stats`` during its forward
         self.recording = False
         self.last_stats: Dict[str, float] = {}
+        #: a :class:`~mmpetl.tuners.routing.TaskGroups` during a forward
+        #: whose samples belong to several tasks, else None
+        self.routing = None
 
     # -- construction -----------------------------------------------------
     @classmethod
@@ -110,6 +119,29 @@ class BaseTuner(nn.Module, metaclass=ABCMeta):
             self.scale = nn.Parameter(tensor)
         else:
             self.register_buffer('scale', tensor)
+
+    # -- mixed-task batches ------------------------------------------------
+    def route(self, fn: Callable, args: Tuple, dim: int,
+              kwargs: Optional[Dict] = None):
+        """``fn(*args, **kwargs)`` once per task group of ``routing``, with
+        that task's tensors in this tuner, stitched in sample order along
+        the batch dimension ``dim`` (:func:`~mmpetl.tuners.routing.
+        route_call`); routing is off inside the calls."""
+        groups, self.routing = self.routing, None
+        try:
+            return route_call(fn, args, kwargs, groups, self, dim,
+                              type(self).__name__)
+        finally:
+            self.routing = groups
+
+    def routed_hook(self, host: nn.Module, *args):
+        """The forward hook tuners register: ``self._hook(host, *args)``,
+        per task group while routing (batch dimension of ``host``'s
+        tensors: :func:`~mmpetl.tuners.routing.batch_dim_of`)."""
+        if self.routing is None:
+            return self._hook(host, *args)
+        return self.route(functools.partial(self._hook, host), args,
+                          batch_dim_of(host))
 
     # -- health -----------------------------------------------------------
     @torch.no_grad()

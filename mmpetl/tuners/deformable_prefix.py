@@ -52,7 +52,7 @@ class DeformablePrefix(PrefixBase):
         return cls(host.embed_dims, host.num_heads, **kwargs)
 
     def _install(self, host: nn.Module) -> None:
-        host.register_forward_hook(self._hook, with_kwargs=True)
+        host.register_forward_hook(self.routed_hook, with_kwargs=True)
 
     def _hook(self, host, args, kwargs, output):
         query = args[0] if args else kwargs['query']

@@ -67,6 +67,7 @@ class LoRALinear(_LoRAMixin, BaseTuner):
 
     attr_name = 'lora'
     host_types = (nn.Linear, )
+    routable = True
 
     def __init__(self, in_features: int, out_features: int, rank: int = 8,
                  alpha: float = 8.0, dropout: float = 0.0) -> None:
@@ -80,7 +81,7 @@ class LoRALinear(_LoRAMixin, BaseTuner):
 
     def _install(self, host: nn.Linear) -> None:
         self._host = [host]  # a list: not registered as a submodule
-        host.register_forward_hook(self._hook)
+        host.register_forward_hook(self.routed_hook)
 
     def _hook(self, host, args, output):
         if self.merged:
@@ -108,6 +109,7 @@ class LoRAFusedAttention(_LoRAMixin, BaseTuner):
 
     attr_name = 'lora'
     host_types = (nn.MultiheadAttention, )
+    routable = True
 
     def __init__(self, embed_dim: int, rank: int = 8, alpha: float = 8.0,
                  dropout: float = 0.0) -> None:
@@ -136,6 +138,9 @@ class LoRAFusedAttention(_LoRAMixin, BaseTuner):
 
     def add_to_projections(self, q, k, v, query, key, value):
         """``(q, k, v) + deltas`` (health stats on the value path)."""
+        if self.routing is not None:  # a batch of several tasks: (L, B, d)
+            return self.route(self.add_to_projections,
+                              (q, k, v, query, key, value), 1)
         d_q, d_k, d_v = self.in_proj_deltas(query, key, value)
         if self.recording:
             self.record_change(torch.cat([q, k, v]).flatten(),

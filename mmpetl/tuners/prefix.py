@@ -120,6 +120,7 @@ class PrefixBase(BaseTuner):
     #: learned tokens (no weight decay by default, see the optimizer)
     token_params = ('prefix_k', 'prefix_v', 'embedding')
     forms: Tuple[str, ...] = PREFIX_FORMS
+    routable = True
 
     def __init__(self, dims: int, num_heads: int, num_prefix: int = 50,
                  form: str = 'parallel', init: str = 'scaled',
@@ -356,6 +357,8 @@ class ScaledPrefix(PrefixBase):
         Returns:
             Tensor: ``(B, H, L, d_h)``.
         """
+        if self.routing is not None:  # a batch of several tasks
+            return self.route(self.attend, (q, k, v, attn_mask, dropout_p), 0)
         if self._collected is not None:  # activation init: frozen host
             valid = None
             if attn_mask is not None and attn_mask.shape[0] == q.shape[0]:

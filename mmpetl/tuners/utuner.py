@@ -54,6 +54,7 @@ class UTuner(BaseTuner):
     """
 
     attr_name = 'utuner'
+    routable = True
 
     def __init__(self, dims: int, bottleneck: int = 64,
                  form: str = 'parallel', scale: float = 1.0,
@@ -83,7 +84,7 @@ class UTuner(BaseTuner):
         return cls(_block_width(host), **kwargs)
 
     def _install(self, host: nn.Module) -> None:
-        host.register_forward_hook(self._hook, with_kwargs=True)
+        host.register_forward_hook(self.routed_hook, with_kwargs=True)
 
     def _hook(self, host, args, kwargs, output):
         if self.form == 'sequential':

@@ -28,7 +28,7 @@ import os.path as osp
 from typing import List, Optional, Tuple
 
 __all__ = ['ConfigError', 'check_config', 'check_num_classes',
-           'check_data_paths', 'DEMO_HINT']
+           'check_data_paths', 'dataset_classes', 'DEMO_HINT']
 
 DEMO_HINT = ('generate the demo data with `python -m mmpetl.demo.'
              'synthetic_coco --out data/petl_demo`')
@@ -274,6 +274,25 @@ def _default_classes(ds, cfg) -> Optional[tuple]:
     return tuple(classes) if isinstance(classes, (list, tuple)) else None
 
 
+def _classes_of(ds, cfg) -> Tuple[Optional[tuple], str]:
+    """A dataset config's classes and where they come from."""
+    classes = _get(_get(ds, 'metainfo') or {}, 'classes')
+    if classes is not None:
+        return (tuple(classes) if isinstance(classes, (list, tuple))
+                else None), 'metainfo.classes'
+    return _default_classes(ds, cfg), (
+        f"{_type_name(ds)}'s default METAINFO['classes']; no "
+        f'metainfo.classes is set')
+
+
+def dataset_classes(cfg, mode: str = 'test') -> Optional[tuple]:
+    """The class names of the first dataset ``mode`` uses
+    (``metainfo.classes``, else the dataset type's default), or None."""
+    for _, ds in _datasets(cfg, _phases(cfg, mode)):
+        return _classes_of(ds, cfg)[0]
+    return None
+
+
 def check_num_classes(cfg, mode: Optional[str] = None) -> List[str]:
     """The head's num_classes against each dataset's class count."""
     key, model = _detector(cfg)
@@ -282,13 +301,8 @@ def check_num_classes(cfg, mode: Optional[str] = None) -> List[str]:
         return []
     found = {}  # (head, num, classes, where) -> dataset keys
     for ds_key, ds in _datasets(cfg, _phases(cfg, mode)):
-        classes = _get(_get(ds, 'metainfo') or {}, 'classes')
-        where = 'metainfo.classes'
+        classes, where = _classes_of(ds, cfg)
         if classes is None:
-            classes = _default_classes(ds, cfg)
-            where = f"{_type_name(ds)}'s default METAINFO['classes']; no " \
-                f'metainfo.classes is set'
-        if not isinstance(classes, (list, tuple)):
             continue  # a class-list file, or nothing known: skip
         for head_key, num in heads:
             if num != len(classes):

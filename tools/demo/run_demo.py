@@ -10,7 +10,10 @@
    ET-Deformable-DETR (mmpetl), full fine-tuning and heads-only,
 4. evaluate each on target val with COCO's metric (pycocotools), print and
    write the table (``transfer_table.md``/``.json``) and a PNG of target-val
-   images with ET-Deformable-DETR's predictions.
+   images with ET-Deformable-DETR's predictions,
+5. run ``tools/infer.py`` with the base and ET-Deformable-DETR's tuner
+   checkpoint on a few target-val images (``<work-dir>/infer/vis`` and
+   ``preds``), the way a user runs a trained task.
 
 Nothing is downloaded. ``--reuse-base`` skips step 2 when a published base
 from an earlier run is there.
@@ -19,6 +22,8 @@ import argparse
 import json
 import os
 import os.path as osp
+import shlex
+import subprocess
 import sys
 import time
 
@@ -123,7 +128,9 @@ def run_method(args, label, config, base_path):
     runner, metrics, seconds = _train(cfg)
     trainable, total, kind, size = stored_per_task(runner, work_dir)
     stored = f'{kind} checkpoint'
+    last = runner.message_hub.get_info('last_ckpt')
     return dict(method=label, config=f'configs/demo/{config}',
+                tuner_file=osp.splitext(last)[0] + '_tuner.pth',
                 trainable=trainable, total=total,
                 trainable_pct=100.0 * trainable / total,
                 checkpoint=stored, checkpoint_mib=size,
@@ -154,6 +161,23 @@ def save_predictions_png(runner, cfg_path, out_file, num=4):
                            pred_score_thr=0.3)
         tiles.append(mmcv.imresize(vis.get_image(), (256, 256)))
     mmcv.imwrite(np.concatenate(tiles, axis=1)[..., ::-1], out_file)
+
+
+def run_infer(args, base_path, tuner_file, num=4):
+    """tools/infer.py with the base and a tuner checkpoint on the first
+    ``num`` target-val images; returns the command (as typed) and the
+    output folder."""
+    val = osp.join(args.data_root, 'images', 'target', 'val')
+    images = [osp.join(val, f) for f in sorted(os.listdir(val))[:num]]
+    out = osp.join(args.work_dir, 'infer')
+    command = [sys.executable, osp.join(ROOT, 'tools', 'infer.py'),
+               *images, osp.join(CONFIGS, METHODS[0][1]), base_path,
+               '--tuner', f'target={tuner_file}', '--out-dir', out]
+    subprocess.run(command, check=True)
+    shown = ['python', 'tools/infer.py', *images,
+             f'configs/demo/{METHODS[0][1]}', base_path, '--tuner',
+             f'target={tuner_file}', '--out-dir', out]
+    return ' '.join(shlex.quote(a) for a in shown), out
 
 
 def format_table(rows):
@@ -188,6 +212,7 @@ def main():
             et_runner = runner
             png = osp.join(args.work_dir, 'et_predictions_target_val.png')
             save_predictions_png(runner, osp.join(CONFIGS, config), png)
+    infer_cmd, infer_out = run_infer(args, base_path, rows[0]['tuner_file'])
     table = format_table(rows)
     base_mib = _mib(base_path)
     summary = (
@@ -197,7 +222,9 @@ def main():
         f'base: {osp.basename(base_path)} ({base_mib:.1f} MiB)' +
         (f', source val mAP {base["metrics"].get("coco/bbox_mAP", 0):.3f}'
          if base else ' (reused)') + '\n\n' + table + '\n\n'
-        f'predictions: {png}\n')
+        f'predictions: {png}\n'
+        f'inference with the ET tuner on target-val images (vis/, preds/ '
+        f'in {infer_out}):\n  {infer_cmd}\n')
     print(summary)
     with open(osp.join(args.work_dir, 'transfer_table.md'), 'w') as f:
         f.write(summary)

@@ -18,12 +18,23 @@ __all__ = ['TunerCheckpointHook', 'LoadTunerHook']
 BASE_META_KEY = 'mmpetl_base_meta'
 
 
+def _dataset_classes(runner):
+    """The training dataset's class names (a list), or None."""
+    try:
+        classes = runner.train_dataloader.dataset.metainfo.get('classes')
+    except (AttributeError, TypeError):
+        return None
+    return [str(c) for c in classes] if isinstance(classes, (list, tuple)) \
+        else None
+
+
 @HOOKS.register_module()
 class TunerCheckpointHook(Hook):
     """Write ``<name>_tuner.pth`` beside every checkpoint ``CheckpointHook``
     saves: the trainable tensors plus meta (mmpetl version, tuner config,
     the base checkpoint's sha256 and key-list hash, taken from the run's
-    ``load_from``).
+    ``load_from``, and ``classes``: the training dataset's class names, so
+    that inference can name what the task's head predicts).
 
     Args:
         file_format (str): ``'pth'`` (torch, loaded with safe loading) or
@@ -39,6 +50,7 @@ class TunerCheckpointHook(Hook):
         self.file_format = file_format
         self._last = None
         self._base_meta = None
+        self._classes = None
 
     def before_train(self, runner) -> None:
         if not hasattr(unwrap_model(runner.model), 'tuner_state_dict'):
@@ -49,6 +61,7 @@ class TunerCheckpointHook(Hook):
             self._base_meta = False
             return
         self._last = runner.message_hub.get_info('last_ckpt')
+        self._classes = _dataset_classes(runner)
         if getattr(runner, '_resume', False):
             # load_from is now None (auto resume) or the checkpoint resumed
             # from, not the base: the base recorded when the run started
@@ -83,7 +96,8 @@ class TunerCheckpointHook(Hook):
         ckpt = tuner_checkpoint(unwrap_model(runner.model),
                                 extra_meta=dict(self._base_meta,
                                                 iter=done_iters,
-                                                epoch=done_epochs))
+                                                epoch=done_epochs,
+                                                classes=self._classes))
         write_tuner_checkpoint(ckpt, path)
         runner.logger.info(f'mmpetl: tuner checkpoint {path} '
                            f'({osp.getsize(path) / 2**20:.2f} MiB, '

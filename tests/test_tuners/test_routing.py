@@ -1,0 +1,106 @@
+"""Per-sample task routing (mmpetl.tuners.routing) on single tuners."""
+import pytest
+import torch
+import torch.nn as nn
+from mmcv.cnn.bricks.transformer import FFN
+
+from mmpetl.tuners import ParallelAdapter, RoutingError, TaskGroups
+from mmpetl.tuners.lora import LoRALinear
+from mmpetl.tuners.routing import batch_dim_of, route_call, swapped
+
+
+def _tasks(tuner, count, seed=0):
+    """``count`` random tensor sets for ``tuner`` (its state_dict keys)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [{k: torch.randn(v.shape, generator=gen)
+             for k, v in tuner.state_dict().items()} for _ in range(count)]
+
+
+def _alone(host, tuner, tensors, x):
+    """What the host computes with one task's tensors loaded."""
+    tuner.load_state_dict(tensors)
+    with torch.no_grad():
+        return host(x)
+
+
+@pytest.mark.parametrize('rows_per_sample', [1, 3])
+def test_adapter_routes_each_sample_through_its_task(rows_per_sample):
+    """Samples 0, 2 -> task 0, sample 1 -> task 1, sample 3 -> task 2; a
+    sample may hold several contiguous rows (Swin-like windows)."""
+    host = nn.Linear(8, 8)
+    tuner = ParallelAdapter.from_host(host, bottleneck=4)
+    tuner.attach(host)
+    tasks = _tasks(tuner, 3)
+    x = torch.randn(4 * rows_per_sample, 5, 8)
+    owner = [0, 1, 0, 2]
+    tuner.routing = TaskGroups(4, [
+        (torch.tensor([0, 2]), tasks[0], 'a'),
+        (torch.tensor([1]), tasks[1], 'b'),
+        (torch.tensor([3]), tasks[2], 'c')])
+    with torch.no_grad():
+        routed = host(x)
+    tuner.routing = None
+    for t in range(3):
+        alone = _alone(host, tuner, tasks[t], x)
+        for sample, task in enumerate(owner):
+            rows = slice(sample * rows_per_sample,
+                         (sample + 1) * rows_per_sample)
+            if task == t:
+                torch.testing.assert_close(routed[rows], alone[rows],
+                                           rtol=1e-6, atol=1e-6)
+    # the module's own tensors are back: the last task loaded
+    assert all(torch.equal(tuner.state_dict()[k], v)
+               for k, v in tasks[2].items())
+
+
+def test_lora_routes_along_the_batch_dim_of_seq_first_tensors():
+    """(L, B, d) tensors (torch attention's out_proj): dimension 1."""
+    attn = nn.MultiheadAttention(8, 2)
+    host = attn.out_proj
+    assert batch_dim_of(host) == 1 and batch_dim_of(attn) == 1
+    tuner = LoRALinear.from_host(host, rank=2)
+    tuner.attach(host)
+    tasks = _tasks(tuner, 2, seed=1)
+    x = torch.randn(6, 3, 8)  # L=6, B=3
+    tuner.routing = TaskGroups(3, [(torch.tensor([0, 2]), tasks[0], 'a'),
+                                   (torch.tensor([1]), tasks[1], 'b')])
+    with torch.no_grad():
+        routed = host(x)
+    tuner.routing = None
+    first = _alone(host, tuner, tasks[0], x)
+    second = _alone(host, tuner, tasks[1], x)
+    torch.testing.assert_close(routed[:, [0, 2]], first[:, [0, 2]],
+                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(routed[:, 1], second[:, 1], rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_batch_dims_of_hosts():
+    assert batch_dim_of(FFN(embed_dims=8, feedforward_channels=16)) == 0
+    assert batch_dim_of(nn.Linear(4, 4)) == 0
+    seq_first = nn.Module()
+    seq_first.batch_first = False
+    assert batch_dim_of(seq_first) == 1
+
+
+def test_swapped_restores_tensors_after_an_error():
+    layer = nn.Linear(3, 2)
+    weight = layer.weight.data_ptr(), layer.weight.detach().clone()
+    with pytest.raises(KeyError):
+        with swapped(layer, {'weight': torch.zeros(5, 3)}):
+            assert layer.weight.shape == (5, 3)  # other shapes allowed
+            raise KeyError('boom')
+    assert layer.weight.data_ptr() == weight[0]  # the same storage
+    assert torch.equal(layer.weight.detach(), weight[1])
+
+
+def test_outputs_of_other_shapes_are_refused():
+    layer = nn.Linear(3, 2)
+    groups = TaskGroups(2, [
+        (torch.tensor([0]), {'weight': torch.zeros(4, 3),
+                             'bias': torch.zeros(4)}, 'a'),
+        (torch.tensor([1]), {'weight': torch.zeros(2, 3),
+                             'bias': torch.zeros(2)}, 'b')])
+    with pytest.raises(RoutingError, match='outputs of different shapes'):
+        route_call(layer, (torch.randn(2, 3), ), None, groups, layer, 0,
+                   'bbox_head.fc_cls')
