@@ -17,24 +17,43 @@ first_layer_attn   attention of encoder/decoder layer 0   backbone.layers.0.attn
 first_layer_ffn    FFN of encoder/decoder layer 0         backbone.layers.0.ffn
 backbone           --                                     backbone (VPT)
 backbone_attn      backbone.layers.N.attn (ViT backbone)  --
+                   backbone.stages.N.blocks.M.attn (Swin)
 backbone_ffn       backbone.layers.N.ffn (ViT backbone)   --
+                   backbone.stages.N.blocks.M.ffn (Swin)
 ================== ====================================== ==================
 
-``backbone_*`` serve DETR-family detectors whose backbone is MMPretrain's
-``VisionTransformer`` (``type='mmpretrain.VisionTransformer'``,
-``out_type='featmap'``): ETTA then also goes into the backbone.
+``backbone_*`` serve DETR-family detectors whose backbone is a transformer:
+MMPretrain's ``VisionTransformer`` (``type='mmpretrain.VisionTransformer'``,
+``out_type='featmap'``) or MMDetection's ``SwinTransformer`` (DINO Swin-L):
+ETTA then also goes into the backbone. In Swin, ``attn`` is the
+``ShiftWindowMSA`` of a block (tuners reach its ``WindowMSA``) and ``ffn``
+its MMCV ``FFN``.
 
-In Deformable DETR the encoder self-attention and decoder cross-attention
-are MMCV ``MultiScaleDeformableAttention``; the rest are MMCV
-``MultiheadAttention`` wrapping torch's.
+The DETR family shares two layouts (checked on the built models):
+
+* ``'detr'``: DETR, Conditional DETR and DAB-DETR (subclasses of
+  ``DETR``). The encoder's attention is MMCV ``MultiheadAttention``
+  wrapping torch's; Conditional DETR's and DAB-DETR's decoder attentions
+  are MMDetection ``ConditionalAttention`` (``decoder.layers.N.self_attn``
+  and ``.cross_attn`` all the same).
+* ``'deformable_detr'``: Deformable DETR and its subclasses DINO and
+  DDQ-DETR. The encoder self-attention and decoder cross-attention are
+  MMCV ``MultiScaleDeformableAttention``; the decoder self-attention is
+  MMCV ``MultiheadAttention``.
+
+A preset that matches no module of the model is an error that lists the
+model's attention and FFN types and the presets that do match.
 """
-from typing import Dict, Sequence
+import re
+from collections import OrderedDict
+from typing import Dict, List, Sequence
 
 import torch.nn as nn
 
 from mmpetl.utils import class_names
 
-__all__ = ['PRESETS', 'detect_arch', 'preset_regex']
+__all__ = ['PRESETS', 'detect_arch', 'preset_regex', 'block_types',
+           'matching_presets', 'unmatched_preset_message']
 
 _DETR = {
     'encoder_self_attn': r'encoder\.layers\.\d+\.self_attn',
@@ -61,9 +80,12 @@ _DETR['first_layer_attn'] = (r'(encoder|decoder)\.layers\.0\.'
                              r'(self_attn|cross_attn)')
 _DETR['first_layer_ffn'] = r'(encoder|decoder)\.layers\.0\.ffn'
 _DETR['backbone'] = r'backbone'
-# a ViT backbone (mmpretrain.VisionTransformer) inside a DETR-family model
-_DETR['backbone_attn'] = r'backbone\.layers\.\d+\.attn'
-_DETR['backbone_ffn'] = r'backbone\.layers\.\d+\.ffn'
+# a transformer backbone inside a DETR-family model: a ViT
+# (mmpretrain.VisionTransformer) or a Swin (mmdet.SwinTransformer)
+_DETR['backbone_attn'] = (r'backbone\.layers\.\d+\.attn|'
+                          r'backbone\.stages\.\d+\.blocks\.\d+\.attn')
+_DETR['backbone_ffn'] = (r'backbone\.layers\.\d+\.ffn|'
+                         r'backbone\.stages\.\d+\.blocks\.\d+\.ffn')
 
 PRESETS: Dict[str, Dict[str, str]] = {
     'detr': dict(_DETR),
@@ -103,3 +125,59 @@ def preset_regex(arch: str, presets: Sequence[str]) -> str:
             f'unknown preset(s) {unknown} for {arch}; available: '
             f'{sorted(table)}')
     return '|'.join(f'(?:{table[p]})' for p in presets)
+
+
+def block_types(model: nn.Module) -> Dict[str, Dict[str, List[str]]]:
+    """The attention and FFN module types of a model, for messages.
+
+    Attention: classes whose name contains ``Attention`` or ends in
+    ``MSA`` (Swin), outermost only (not torch's MHA inside MMCV's, not a
+    ``WindowMSA`` inside its ``ShiftWindowMSA``); FFN: classes whose name
+    contains ``FFN``.
+
+    Returns:
+        dict: ``{'attention': {type: [names]}, 'ffn': {...}}``, each name
+        with its layer indices written ``N`` (``encoder.layers.N.ffn``).
+    """
+    found = dict(attention=OrderedDict(), ffn=OrderedDict())
+    outer: List[str] = []
+    for name, module in model.named_modules():
+        cls = type(module)
+        kind = ('attention' if 'Attention' in cls.__name__ or
+                cls.__name__.endswith('MSA') else
+                'ffn' if 'FFN' in cls.__name__ else None)
+        if kind is None or not name or any(
+                name.startswith(o + '.') for o in outer):
+            continue
+        outer.append(name)
+        key = f'{cls.__module__.split(".")[0]}.{cls.__name__}'
+        pattern = re.sub(r'\.\d+(?=\.|$)', '.N', name)
+        names = found[kind].setdefault(key, [])
+        if pattern not in names:
+            names.append(pattern)
+    return found
+
+
+def matching_presets(names: Sequence[str], arch: str) -> List[str]:
+    """The presets of ``arch`` that match at least one of ``names``."""
+    return [p for p, regex in PRESETS[arch].items()
+            if any(re.fullmatch(regex, n) for n in names)]
+
+
+def unmatched_preset_message(model: nn.Module, arch: str,
+                             preset: str) -> str:
+    """Why ``preset`` found nothing in ``model``, and what would."""
+    names = [n for n, _ in model.named_modules() if n]
+    types = block_types(model)
+
+    def listing(kind):
+        items = [f'{t} ({", ".join(ns[:3])})'
+                 for t, ns in types[kind].items()]
+        return '; '.join(items) or 'none'
+
+    return (f'preset {preset!r} matches no module of this '
+            f'{type(model).__name__} (arch {arch!r}). Presets that match '
+            f'here: {matching_presets(names, arch)}: drop {preset!r}, use '
+            f'one of those or name modules with `targets=`. Its attention '
+            f'types: {listing("attention")}. Its FFN types: '
+            f'{listing("ffn")}.')
