@@ -95,7 +95,9 @@ PRESETS: Dict[str, Dict[str, str]] = {
 
 
 def detect_arch(model: nn.Module) -> str:
-    """``'detr'``, ``'deformable_detr'`` or ``'vit'`` for a built model.
+    """``'detr'``, ``'deformable_detr'`` or ``'vit'`` for a built model
+    (the layout of its modules, see the module doc: Conditional DETR and
+    DAB-DETR are ``'detr'``, DINO and DDQ-DETR ``'deformable_detr'``).
 
     Raises:
         ValueError: for other models (then use explicit ``targets``).
@@ -112,8 +114,10 @@ def detect_arch(model: nn.Module) -> str:
         return 'vit'
     raise ValueError(
         f'no presets for {type(model).__name__}: mmpetl has presets for '
-        f'DETR, Deformable DETR and ViT classifiers. Use `targets=` (a regex '
-        f'or list of module names) in the tuner config instead of `presets`.')
+        f'DETR-family detectors (DETR, Conditional DETR, DAB-DETR, '
+        f'Deformable DETR, DINO, DDQ-DETR) and ViT classifiers. Use '
+        f'`targets=` (a regex or list of module names) in the tuner config '
+        f'instead of `presets`.')
 
 
 def preset_regex(arch: str, presets: Sequence[str]) -> str:
