@@ -18,8 +18,10 @@ demo: install
 # speed/memory/parameters, detection accuracy on the demo transfer (reuses
 # the base `make demo` published, trains it if absent), ViT accuracy.
 SEEDS ?= 0 1 2
+BENCH_ARCHS ?= detr_r50_coco deformable-detr_r50_coco vit-b16_cifar100 \
+	dino-4scale_r50_coco
 benchmark: install
-	$(PY) tools/analysis/benchmark.py --readme
+	$(PY) tools/analysis/benchmark.py --archs $(BENCH_ARCHS) --readme
 	$(PY) tools/analysis/accuracy_benchmark.py --seeds $(SEEDS) --reuse --readme
 	$(PY) tools/analysis/vit_accuracy_benchmark.py --seeds $(SEEDS) --readme
 

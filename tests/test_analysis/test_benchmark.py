@@ -253,3 +253,35 @@ def test_amp_on_cpu_is_refused_with_the_reason():
          '--amp', 'bfloat16'], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0
     assert '--amp needs --device cuda' in proc.stderr
+
+
+def _benchmark_tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_tool', ROOT / 'tools/analysis/benchmark.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dino_rows_join_the_default_run_and_missing_pairs_are_listed():
+    """--archs with DINO and the default methods: DINO's shipped configs
+    run in the same run, its pairs without a config are reported as not
+    measured; a method named explicitly must exist."""
+    tool = _benchmark_tool()
+    assert 'dino-4scale_r50_coco' in tool.EXTRA_ARCHS
+    args = tool.parse_args(['--archs', 'detr_r50_coco',
+                            'dino-4scale_r50_coco'])
+    configs, skipped = tool.config_list(args)
+    dino = {m for a, m, _ in configs if a == 'dino-4scale_r50_coco'}
+    assert {'full-ft', 'etta', 'lora'} <= dino
+    assert 'unipt_dino-4scale_r50_coco' in skipped
+    assert not any(s.endswith('_detr_r50_coco') for s in skipped)
+    with pytest.raises(SystemExit, match='no config configs/methods/'
+                       'unipt_dino-4scale_r50_coco.py'):
+        tool.config_list(tool.parse_args([
+            '--archs', 'dino-4scale_r50_coco', '--methods', 'unipt']))
+    header = dict(device_kind='CPU', date='d', machine='m', software='s',
+                  command='c', setting='x', not_measured=skipped)
+    assert 'not measured (no config): ' + ', '.join(skipped) in \
+        markdown_report([], [], header)
