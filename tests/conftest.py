@@ -112,6 +112,17 @@ SMALL_CFGS = {
 }
 
 
+def load_script(relpath: str):
+    """A script of the repository (``tools/...``) as a module."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def det_batch(num_images: int = 2, size: int = 64, seed: int = 0):
     """A fixed detection batch in the model's (post-preprocessor) format."""
     from mmdet.structures import DetDataSample

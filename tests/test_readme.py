@@ -1,17 +1,14 @@
 """The README's method table is the tool's output for every shipped method."""
-import importlib.util
 import re
 from pathlib import Path
+
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'method_table', ROOT / 'tools/misc/method_table.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('tools/misc/method_table.py')
 
 
 def test_method_table_rows_cover_every_method_config():

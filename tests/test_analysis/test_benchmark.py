@@ -16,7 +16,7 @@ from mmpetl.analysis import check_targets, deploy, with_ratios
 from mmpetl.analysis.measure import (build_base_model, cpu_tensor_peak_mib,
                                      interleaved_medians, synthetic_batch)
 from mmpetl.analysis.report import markdown_report
-from tests.conftest import small_deformable_cfg
+from tests.conftest import load_script, small_deformable_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 2**20
@@ -255,20 +255,11 @@ def test_amp_on_cpu_is_refused_with_the_reason():
     assert '--amp needs --device cuda' in proc.stderr
 
 
-def _benchmark_tool():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_tool', ROOT / 'tools/analysis/benchmark.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_dino_rows_join_the_default_run_and_missing_pairs_are_listed():
     """--archs with DINO and the default methods: DINO's shipped configs
     run in the same run, its pairs without a config are reported as not
     measured; a method named explicitly must exist."""
-    tool = _benchmark_tool()
+    tool = load_script('tools/analysis/benchmark.py')
     assert 'dino-4scale_r50_coco' in tool.EXTRA_ARCHS
     args = tool.parse_args(['--archs', 'detr_r50_coco',
                             'dino-4scale_r50_coco'])
