@@ -322,8 +322,11 @@ class PrefixBase(BaseTuner):
             isinstance(self.scale, nn.Parameter))
 
     def describe(self) -> Dict[str, object]:
-        return dict(num_prefix=self.num_prefix, form=self.form,
-                    init=self.init)
+        out = dict(num_prefix=self.num_prefix, form=self.form,
+                   init=self.init)
+        if self.key_dims != self.dims:  # conditional cross-attention
+            out['key_dims'] = self.key_dims
+        return out
 
 
 @TUNERS.register_module()

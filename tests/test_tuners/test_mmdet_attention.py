@@ -146,6 +146,7 @@ def test_conditional_prefix_matches_float64_reference(case, form):
     assert prefix.prefix_k.shape == (P, width)
     assert prefix.prefix_v.shape == (P, D)
     assert prefix.num_train_params() == P * (width + D) + 1
+    assert prefix.describe().get('key_dims', D) == width  # in the table
     expected = conditional_reference(host, prefix, kwargs, form)
     torch.testing.assert_close(host(**kwargs).double(), expected,
                                atol=1e-5, rtol=1e-5)
