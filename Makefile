@@ -19,8 +19,10 @@ demo: install
 # the base `make demo` published, trains it if absent), ViT accuracy,
 # task switching and mixed-task batches.
 SEEDS ?= 0 1 2
+BENCH_ARCHS ?= detr_r50_coco deformable-detr_r50_coco vit-b16_cifar100 \
+	dino-4scale_r50_coco
 benchmark: install
-	$(PY) tools/analysis/benchmark.py --readme
+	$(PY) tools/analysis/benchmark.py --archs $(BENCH_ARCHS) --readme
 	$(PY) tools/analysis/accuracy_benchmark.py --seeds $(SEEDS) --reuse --readme
 	$(PY) tools/analysis/vit_accuracy_benchmark.py --seeds $(SEEDS) --readme
 	$(PY) tools/analysis/task_benchmark.py --readme

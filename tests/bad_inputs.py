@@ -158,7 +158,28 @@ TUNER_CASES = [
     _tuner_case('prefix-on-ffn', 'a prefix tuner put on FFN modules',
                 [dict(type='ScaledPrefix', presets=['ffn'])], TypeError,
                 r'ScaledPrefix cannot tune `encoder.layers.0.ffn`.*'
-                r'attention'),
+                r'it tunes attention: .*MultiheadAttention.*mmdet '
+                r'ConditionalAttention.*Swin ShiftWindowMSA/WindowMSA'),
+    _tuner_case('preset-matches-nothing',
+                'a preset the model does not have (`backbone_ffn` on DETR '
+                'R50: its ResNet has no FFN)',
+                [dict(type='ParallelAdapter', presets=['backbone_ffn'])],
+                ValueError, r"preset 'backbone_ffn' matches no module of "
+                r"this DETR.*Presets that match here: \[.*'ffn'.*\]: drop "
+                r"'backbone_ffn'.*Its attention types: "
+                r'mmcv.MultiheadAttention \(encoder.layers.N.self_attn.*'
+                r'Its FFN types: mmcv.FFN '),
+    _tuner_case('preset-one-matches-nothing',
+                'two presets, one of which matches nothing '
+                "(`['backbone_attn', 'attn']` on DETR R50)",
+                [dict(type='ScaledPrefix', presets=['backbone_attn',
+                                                    'attn'])],
+                ValueError, r"preset 'backbone_attn' matches no module"),
+    _tuner_case('lora-on-norm', 'LoRA pointed at a LayerNorm',
+                [dict(type='LoRA', targets=['encoder.layers.0.norms.0'])],
+                TypeError, r'LoRA cannot tune `encoder.layers.0.norms.0` '
+                r'of type LayerNorm; it tunes nn.Linear, .*mmdet '
+                r'ConditionalAttention and mmdet Swin ShiftWindowMSA'),
     _tuner_case('overlapping-targets',
                 'two adapters on the same module',
                 FFN + [dict(type='ParallelAdapter', targets=['0.ffn'])],

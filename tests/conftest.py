@@ -68,6 +68,45 @@ def small_vit_cfg(num_classes: int = 5) -> dict:
     return model.to_dict()
 
 
+def _shrink_backbone(backbone) -> list:
+    """Make a DETR-family backbone small in place; its stage widths."""
+    if backbone.type == 'ResNet':
+        backbone.update(depth=18, init_cfg=None)
+        return [64, 128, 256, 512]
+    if backbone.type == 'SwinTransformer':
+        # Swin-T widths, one block per stage but a shifted-window one in
+        # stage 0 (window mask on), 4x4 windows
+        backbone.update(embed_dims=96, depths=[2, 1, 1, 1],
+                        num_heads=[3, 6, 12, 24], window_size=4,
+                        init_cfg=None)
+        return [96, 192, 384, 768]
+    raise AssertionError(
+        f'no shrink rule for backbone {backbone.type!r}: add one to '
+        f'tests/conftest.py _shrink_backbone so that this detector is tested')
+
+
+def small_family_cfg(path, num_classes: int = 3) -> dict:
+    """Any DETR-family config (a file path or ``mmdet::...``) shrunk like
+    the ones above: ResNet-18 or a one-block-per-stage Swin-T, 1 encoder +
+    2 decoder layers, 64-wide FFNs, 10 queries (and 10 denoising queries).
+    """
+    from mmengine.config import Config
+    path = str(path)
+    model = _load(path).model if path.startswith('mmdet::') else \
+        Config.fromfile(path).model
+    widths = _shrink_backbone(model.backbone)
+    model.neck.in_channels = [widths[i] for i in model.backbone.out_indices]
+    model.num_queries = 10
+    model.encoder.num_layers = 1
+    model.decoder.num_layers = 2  # DDQ-DETR needs two
+    for part in (model.encoder, model.decoder):
+        part.layer_cfg.ffn_cfg.feedforward_channels = 64
+    model.bbox_head.num_classes = num_classes
+    if 'dn_cfg' in model:
+        model.dn_cfg.group_cfg.num_dn_queries = 10
+    return model.to_dict()
+
+
 SMALL_CFGS = {
     'detr': small_detr_cfg,
     'deformable_detr': small_deformable_cfg,

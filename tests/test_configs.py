@@ -1,8 +1,10 @@
 """The shipped configs build through MMEngine with mmdet::/mmpretrain:: bases."""
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
@@ -111,3 +113,69 @@ def test_activation_checkpointing_base_config_turns_it_on(tmp_path, capsys):
         in out
     for name in ('encoder.layers.0', 'decoder.layers.5'):
         assert f'\n{name} ' in out
+
+
+def zoo_weights(folder):
+    """File names of the checkpoints the installed MMDetection's metafile
+    lists for a config folder."""
+    import mmdet
+    text = (Path(mmdet.__file__).parent / '.mim' / 'configs' / folder /
+            'metafile.yml').read_text()
+    return {url.rsplit('/', 1)[1]
+            for url in re.findall(r'Weights:\s*(\S+)', text)}
+
+
+# config, mmdet config folder, tuner names that must be there
+NEW_ET = {
+    'configs/et_dino_r50_coco.py': (
+        'dino', ['encoder.layers.5.self_attn.prefix',
+                 'decoder.layers.5.self_attn.attn.prefix',
+                 'decoder.layers.5.cross_attn.prefix',
+                 'decoder.layers.5.ffn.adapter']),
+    'configs/et_conditional_detr_r50_coco.py': (
+        'conditional_detr', ['encoder.layers.5.self_attn.attn.prefix',
+                             'decoder.layers.5.self_attn.prefix',
+                             'decoder.layers.5.cross_attn.prefix',
+                             'decoder.layers.0.ffn.adapter']),
+    'configs/et_dab_detr_r50_coco.py': (
+        'dab_detr', ['decoder.layers.0.self_attn.prefix',
+                     'decoder.layers.5.cross_attn.prefix',
+                     'encoder.layers.5.ffn.adapter']),
+    'configs/et_dino_swin-l_coco.py': (
+        'dino', ['backbone.stages.0.blocks.1.attn.w_msa.prefix',
+                 'backbone.stages.2.blocks.17.attn.w_msa.prefix',
+                 'backbone.stages.3.blocks.1.ffn.adapter',
+                 'decoder.layers.5.cross_attn.prefix',
+                 'encoder.layers.5.ffn.adapter']),
+}
+
+
+@pytest.mark.parametrize('path', list(NEW_ET))
+def test_et_configs_of_the_detr_family_full_size(path):
+    """ET-DINO (R50, Swin-L), ET-Conditional-DETR, ET-DAB-DETR build at
+    full size on their mmdet:: bases: tuners where ETTA puts them, 1-10%
+    trainable, a model-zoo checkpoint name at load_from."""
+    folder, expected = NEW_ET[path]
+    cfg, model = build(path)
+    names = {n for n, _ in model.tuner_modules()}
+    assert set(expected) <= names
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    assert 0.01 <= trainable / total <= 0.10
+    assert Path(cfg.load_from).name in zoo_weights(folder)
+    if folder == 'dino':  # new classes: a new denoising label embedding
+        assert model.dn_query_generator.label_embedding.weight.requires_grad
+    if folder == 'conditional_detr':  # P_k in the [content; pos] space
+        prefix = model.decoder.layers[5].cross_attn.prefix
+        assert prefix.prefix_k.shape == (50, 512)
+
+
+def test_new_method_configs_name_zoo_checkpoints():
+    for arch, folder in [('dino-4scale_r50_coco', 'dino'),
+                         ('dino-5scale_swin-l_coco', 'dino'),
+                         ('conditional-detr_r50_coco', 'conditional_detr'),
+                         ('dab-detr_r50_coco', 'dab_detr')]:
+        for path in [f'configs/_base_/archs/{arch}.py',
+                     f'configs/methods/full-ft_{arch}.py']:
+            load_from = Config.fromfile(str(ROOT / path)).load_from
+            assert Path(load_from).name in zoo_weights(folder), path

@@ -174,6 +174,9 @@ def markdown_report(rows: List[Dict], checks: List[Dict], header: Dict,
         'and decoder layers checkpointed (recomputed in backward).',
         '',
     ]
+    if header.get('not_measured'):
+        lines[-1:-1] = [f"- not measured (no config): "
+                        f"{', '.join(header['not_measured'])}"]
     if chart:
         lines += [f'![memory and step time vs trainable %]({chart})', '']
     if ckpt_chart:

@@ -4,9 +4,15 @@ ETTA gives the FFN adapters as much of the budget as possible and the
 prefixes the least that works. For a built base model:
 
     adapters(b) = sum over FFNs  (2*d*b + b + d)
-    prefixes(l) = sum over attns (2*l*d + 1)          (ScaledPrefix / MSDA)
+    prefixes(l) = sum over attns (l*(d_k + d) + 1)    (ScaledPrefix / MSDA)
     trainable   = heads + adapters(b) + prefixes(l)
     fraction    = trainable / (base + adapters(b) + prefixes(l))
+
+``d_k = d`` except in conditional cross-attention (``2d``, see
+:mod:`mmpetl.tuners.prefix`). The FFNs and attentions are those of the
+``ffn_presets`` and ``attn_presets`` (default ``['ffn']``, ``['attn']``;
+a config that also tunes a Swin/ViT backbone adds ``backbone_ffn`` and
+``backbone_attn``).
 
 ``plan()`` takes the largest prefix length from ``prefix_choices`` that
 still leaves the adapters ``min_bottleneck``, then the largest ``b`` that
@@ -19,7 +25,7 @@ import torch.nn as nn
 
 from mmpetl.tuners import ParallelAdapter, ScaledPrefix
 from mmpetl.tuners.common import host_width
-from mmpetl.tuners.prefix import embed_dims_of
+from mmpetl.tuners.prefix import prefix_widths
 from .matching import name_matches
 from .presets import detect_arch, preset_regex
 
@@ -43,12 +49,14 @@ class Allocation:
 
 
 def budget_terms(model: nn.Module, trainable: Sequence[str] = ('bbox_head',),
-                 arch: str = None):
-    """Widths of the FFN and attention hosts, head and base counts."""
+                 arch: str = None, ffn_presets: Sequence[str] = ('ffn', ),
+                 attn_presets: Sequence[str] = ('attn', )):
+    """FFN widths ``d``, prefix widths ``d_k + d`` per attention host, head
+    and base counts."""
     arch = arch or detect_arch(model)
     modules = dict(model.named_modules())
-    ffn = preset_regex(arch, ['ffn'])
-    attn = preset_regex(arch, ['attn'])
+    ffn = preset_regex(arch, list(ffn_presets))
+    attn = preset_regex(arch, list(attn_presets))
     ffn_dims, attn_dims = [], []
     for name, module in modules.items():
         if name and name_matches(name, ffn):
@@ -56,7 +64,7 @@ def budget_terms(model: nn.Module, trainable: Sequence[str] = ('bbox_head',),
                 ffn_dims.append(host_width(host))
         if name and name_matches(name, attn):
             for _, host in ScaledPrefix.resolve_hosts(name, module):
-                attn_dims.append(embed_dims_of(host)[0])
+                attn_dims.append(sum(prefix_widths(host)))
     head_ids = set()
     for pattern in trainable:
         for name, module in modules.items():
@@ -69,15 +77,19 @@ def budget_terms(model: nn.Module, trainable: Sequence[str] = ('bbox_head',),
 
 def _count(ffn_dims, attn_dims, b, l):
     adapters = sum(2 * d * b + b + d for d in ffn_dims)
-    prefixes = sum(2 * l * d + 1 for d in attn_dims)
+    prefixes = sum(l * w + 1 for w in attn_dims)
     return adapters, prefixes
 
 
 def plan(model: nn.Module, target_pcts: Sequence[float],
          trainable: Sequence[str] = ('bbox_head',),
          prefix_choices: Sequence[int] = (50, 32, 16, 8),
-         min_bottleneck: int = 8, arch: str = None) -> List[Allocation]:
-    ffn_dims, attn_dims, heads, base = budget_terms(model, trainable, arch)
+         min_bottleneck: int = 8, arch: str = None,
+         ffn_presets: Sequence[str] = ('ffn', ),
+         attn_presets: Sequence[str] = ('attn', )) -> List[Allocation]:
+    """ETTA allocations for each target % (see the module doc)."""
+    ffn_dims, attn_dims, heads, base = budget_terms(
+        model, trainable, arch, ffn_presets, attn_presets)
     if not ffn_dims:
         raise ValueError('the model has no FFN for adapters')
     result = []

@@ -12,8 +12,9 @@ A tuner config::
 Matching runs on the names of the *base* model's modules (tuners added by an
 earlier entry are never targets). Every failure names the problem and the
 fix: an unknown tuner lists the registered ones, a target list that matches
-nothing lists the nearest module names, a wrong argument lists the accepted
-ones.
+nothing lists the nearest module names, a preset that matches nothing lists
+the model's attention and FFN types and the presets that do match, a wrong
+argument lists the accepted ones.
 """
 import difflib
 import inspect
@@ -26,7 +27,7 @@ from mmpetl.registry import TUNERS
 from mmpetl.tuners import BaseTuner
 from mmpetl.utils import class_names
 from .matching import name_matches, nearest_names, select_names
-from .presets import detect_arch, preset_regex
+from .presets import detect_arch, preset_regex, unmatched_preset_message
 
 __all__ = ['InjectedTuner', 'inject', 'get_tuner_cls']
 
@@ -63,7 +64,7 @@ def get_tuner_cls(type_name: str):
 
 
 _SHAPE_ARGS = ('self', 'dims', 'num_heads', 'in_features', 'out_features',
-               'embed_dim')
+               'embed_dim', 'key_dims')
 
 
 def _check_args(cls, type_name: str, args: Dict) -> None:
@@ -122,7 +123,14 @@ def inject(model: nn.Module, tuner_cfgs: Sequence[Dict],
             presets = [presets]
         patterns = []
         if presets:
-            patterns.append(preset_regex(arch or detect_arch(model), presets))
+            model_arch = arch or detect_arch(model)
+            patterns.append(preset_regex(model_arch, presets))
+            for preset in presets:  # each must find something
+                regex = preset_regex(model_arch, [preset])
+                if not any(name_matches(n, regex) for n in names):
+                    raise ValueError(
+                        f'{type_name}: ' + unmatched_preset_message(
+                            model, model_arch, preset))
         if targets is not None:
             patterns.append(targets)
         matched = [

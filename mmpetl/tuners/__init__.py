@@ -5,7 +5,8 @@ Each file holds one method and its formula. Nothing here imports MMDetection.
 from .adapter import ParallelAdapter
 from .base import BaseTuner, TunerHostError
 from .deformable_prefix import DeformablePrefix
-from .lora import LoRA, LoRAFusedAttention, LoRALinear
+from .lora import (LoRA, LoRAConditionalAttention, LoRAFusedAttention,
+                   LoRALinear)
 from .prefix import (PREFIX_FORMS, PREFIX_INITS, PrefixBase, PrefixTuning,
                      ScaledPrefix)
 from .routing import RoutingError, TaskGroups
@@ -18,6 +19,6 @@ __all__ = [
     'BaseTuner', 'TunerHostError', 'ParallelAdapter', 'ScaledPrefix',
     'PrefixTuning', 'PrefixBase', 'PREFIX_FORMS', 'PREFIX_INITS',
     'DeformablePrefix', 'LoRA', 'LoRALinear',
-    'LoRAFusedAttention', 'SerialAdapter', 'UTuner', 'VPT', 'UniPT',
-    'RoutingError', 'TaskGroups'
+    'LoRAFusedAttention', 'LoRAConditionalAttention', 'SerialAdapter',
+    'UTuner', 'VPT', 'UniPT', 'RoutingError', 'TaskGroups'
 ]

@@ -13,6 +13,22 @@ functions below. Each reads the tuners attached to the host:
 
 With no tuner attached they compute what the host computes (tested to
 1e-6), with ``F.scaled_dot_product_attention``.
+
+MMDetection's own attentions are recognised by their qualified class
+names (this room imports no MMDetection module):
+
+* ``ConditionalAttention`` (Conditional DETR and DAB-DETR decoders) builds
+  its queries and keys from separate content and positional projections;
+  in cross-attention each head's query is ``[q_c + q_p ; q_s]`` and its key
+  ``[k_c + k_p ; k_p]`` (content/positional parts concatenated per head,
+  ``2*d_h`` wide, logits scaled by ``1/sqrt(2*d_h)``), values ``d_h`` wide.
+  :func:`conditional_attention_forward` rebuilds exactly that and attends
+  through :func:`attend`, so prefix keys live in the ``2*d_h`` logit space.
+* Swin's ``WindowMSA`` attends inside windows of ``Wh*Ww`` tokens with a
+  relative position bias (and, in shifted blocks, a window mask):
+  :func:`window_msa_forward` passes bias + mask as the additive mask, which
+  therefore covers the real keys only; each window's queries see the same
+  prefixes.
 """
 import functools
 from typing import Optional, Tuple
@@ -21,9 +37,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmpetl.utils import class_names
+
 __all__ = ['install_tuned_forward', 'torch_mha_forward',
            'vit_attention_forward', 'merge_masks', 'attend',
-           'vit_attention_type', 'mmcv_attention_type', 'msda_type']
+           'vit_attention_type', 'mmcv_attention_type', 'msda_type',
+           'conditional_attention_forward', 'window_msa_forward',
+           'is_conditional_attention', 'is_window_msa',
+           'is_shift_window_msa']
+
+_CONDITIONAL = 'mmdet.models.layers.transformer.utils.ConditionalAttention'
+_WINDOW_MSA = 'mmdet.models.backbones.swin.WindowMSA'
+_SHIFT_WINDOW_MSA = 'mmdet.models.backbones.swin.ShiftWindowMSA'
 
 
 def vit_attention_type():
@@ -39,6 +64,21 @@ def mmcv_attention_type():
 def msda_type():
     from mmcv.ops import MultiScaleDeformableAttention
     return MultiScaleDeformableAttention
+
+
+def is_conditional_attention(module: nn.Module) -> bool:
+    """MMDetection's ``ConditionalAttention`` (or a subclass)."""
+    return _CONDITIONAL in class_names(module, qualified=True)
+
+
+def is_window_msa(module: nn.Module) -> bool:
+    """MMDetection's Swin ``WindowMSA`` (or a subclass)."""
+    return _WINDOW_MSA in class_names(module, qualified=True)
+
+
+def is_shift_window_msa(module: nn.Module) -> bool:
+    """MMDetection's Swin ``ShiftWindowMSA`` (holds a ``w_msa``)."""
+    return _SHIFT_WINDOW_MSA in class_names(module, qualified=True)
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -165,6 +205,132 @@ def vit_attention_forward(host: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def conditional_attention_forward(
+        host: nn.Module, query: torch.Tensor, key: torch.Tensor,
+        query_pos: Optional[torch.Tensor] = None,
+        ref_sine_embed: Optional[torch.Tensor] = None,
+        key_pos: Optional[torch.Tensor] = None,
+        attn_mask: Optional[torch.Tensor] = None,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        is_first: bool = False) -> torch.Tensor:
+    """MMDetection ``ConditionalAttention.forward`` with prefix tuners.
+
+    Same arguments as mmdet's (batch first: ``query`` ``(B, L, d)``,
+    ``key`` ``(B, S, d)``; ``attn_mask`` ``(L, S)`` or ``(B*H, L, S)``,
+    ``key_padding_mask`` ``(B, S)``, True = padded). Self-attention::
+
+        q = W_qc x + W_qp pos,  k = W_kc x + W_kp pos,  v = W_v x
+
+    (mmdet attends over the query itself: ``key`` is not read).
+    Cross-attention, per head ``h`` (``d_h = d / H``)::
+
+        q_h = [(W_qc x + W_qp pos)_h ; (W_qs sine)_h]    2*d_h wide
+        k_h = [(W_kc m + W_kp kpos)_h ; (W_kp kpos)_h]   2*d_h wide
+        v_h = (W_v m)_h                                    d_h wide
+
+    where ``W_qp pos`` and ``W_kp kpos`` enter the first halves only in the
+    first decoder layer or with ``keep_query_pos``. ``host.lora``
+    (:class:`~mmpetl.tuners.LoRAConditionalAttention`) adds its deltas of
+    ``x + pos`` to ``q`` and ``k`` and of ``x`` to ``v`` in self-attention,
+    of ``x``, ``m``, ``m`` to the content ``q``, ``k`` and ``v`` in
+    cross-attention. The output is
+    ``query + proj_drop(W_o concat_h(attend(q_h, k_h, v_h)))``, residual
+    included as in mmdet (``out_proj`` called as a module: LoRA on it
+    works).
+
+    Returns:
+        Tensor: ``(B, L, d)``.
+    """
+    heads = host.num_heads
+    bsz, tgt_len, dims = query.shape
+    head_dims = dims // heads
+
+    def split(t):  # (B, N, d) -> (B, N, H, d_h)
+        return t.reshape(bsz, t.shape[1], heads, head_dims)
+
+    lora = getattr(host, 'lora', None)
+    if lora is not None and lora.merged:
+        lora = None
+
+    def with_lora(q, k, v, inputs):  # (B, N, d) tensors; LoRA's layout
+        if lora is None:            # is (N, B, d)
+            return q, k, v
+        out = lora.add_to_projections(
+            *(t.transpose(0, 1) for t in (q, k, v) + inputs))
+        return tuple(t.transpose(0, 1) for t in out)
+
+    if host.cross_attn:
+        q, k, v = with_lora(host.qcontent_proj(query),
+                            host.kcontent_proj(key), host.v_proj(key),
+                            (query, key, key))
+        k_pos = host.kpos_proj(key_pos)
+        if is_first or host.keep_query_pos:
+            q = q + host.qpos_proj(query_pos)
+            k = k + k_pos
+        sine = host.qpos_sine_proj(ref_sine_embed)
+        q = torch.cat([split(q), split(sine)], dim=3)
+        k = torch.cat([split(k), split(k_pos)], dim=3)
+    else:
+        mixed = query + query_pos
+        q, k, v = with_lora(
+            host.qcontent_proj(query) + host.qpos_proj(query_pos),
+            host.kcontent_proj(query) + host.kpos_proj(query_pos),
+            host.v_proj(query), (mixed, mixed, query))
+        q, k = split(q), split(k)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), split(v).transpose(1, 2)
+    if key_padding_mask is not None and \
+            not key_padding_mask.dtype.is_floating_point:
+        key_padding_mask = key_padding_mask.bool()  # mmdet: int -> bool
+    mask = merge_masks(attn_mask, key_padding_mask, bsz, heads, tgt_len,
+                       k.shape[2], q.dtype)
+    out = attend(host, q, k, v, mask,
+                 host.attn_drop.p if host.training else 0.0)
+    out = out.transpose(1, 2).reshape(bsz, tgt_len, dims)
+    return query + host.proj_drop(host.out_proj(out))
+
+
+def window_msa_forward(host: nn.Module, x: torch.Tensor,
+                       mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """MMDetection Swin ``WindowMSA.forward`` with prefix tuners.
+
+    Args:
+        x: ``(B*nW, N, C)`` tokens of ``nW`` windows of ``N = Wh*Ww``.
+        mask: ``(nW, N, N)`` additive window mask of a shifted block
+            (0 or -100), or None.
+
+    The logits' additive term, relative position bias ``(H, N, N)`` plus
+    the window mask, is the mask handed to :func:`attend`: a prefix tuner
+    extends every window's keys with the same ``l`` prefixes, which get
+    neither bias nor mask. A ``qk_scale`` other than ``d_h**-0.5`` is
+    applied by rescaling ``q`` (prefix logits get the same scale).
+
+    Returns:
+        Tensor: ``(B*nW, N, C)``.
+    """
+    bsz, length, dims = x.shape
+    heads = host.num_heads
+    head_dims = dims // heads
+    qkv = host.qkv(x).reshape(bsz, length, 3, heads,
+                              head_dims).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    if abs(host.scale * head_dims**0.5 - 1.0) > 1e-12:  # custom qk_scale
+        q = q * (host.scale * head_dims**0.5)
+    bias = host.relative_position_bias_table[
+        host.relative_position_index.view(-1)].view(
+            length, length, -1).permute(2, 0, 1)  # (H, N, N)
+    if mask is None:
+        additive = bias.unsqueeze(0)
+    else:
+        windows = mask.shape[0]
+        additive = (bias.unsqueeze(0) + mask.unsqueeze(1)).unsqueeze(0)
+        additive = additive.expand(bsz // windows, -1, -1, -1,
+                                   -1).reshape(bsz, heads, length, length)
+    out = attend(host, q, k, v, additive.to(q.dtype),
+                 host.attn_drop.p if host.training else 0.0)
+    out = out.transpose(1, 2).reshape(bsz, length, dims)
+    return host.proj_drop(host.proj(out))
+
+
 def install_tuned_forward(host: nn.Module) -> None:
     """Point ``host.forward`` at the re-implementation for its type.
 
@@ -181,5 +347,10 @@ def install_tuned_forward(host: nn.Module) -> None:
         host.forward = functools.partial(torch_mha_forward, host)
     elif isinstance(host, vit_attention_type()):
         host.forward = functools.partial(vit_attention_forward, host)
+    elif is_conditional_attention(host):
+        host.forward = functools.partial(conditional_attention_forward,
+                                         host)
+    elif is_window_msa(host):
+        host.forward = functools.partial(window_msa_forward, host)
     else:
         raise TypeError(f'no tuned forward for {type(host).__name__}')

@@ -6,6 +6,12 @@ so the tuned layer is exact at init. ``merge()`` folds ``(alpha/r) B A``
 into the frozen weight for deployment (no extra latency) and ``unmerge()``
 takes it out again.
 
+A limit shared by DETR, Conditional DETR and DAB-DETR: their decoder starts
+from zero content queries, so in the first decoder layer's self-attention
+every value is the same vector and the output depends neither on q and k
+nor on a delta of v (whose input is 0). LoRA on those maps stays at its
+init there; the ``out_proj`` LoRA of that layer does learn.
+
 Where it attaches (``LoRA`` in a config dispatches on the matched module):
 
 * ``nn.Linear`` -> :class:`LoRALinear`, ``r*(in+out)`` parameters;
@@ -17,7 +23,19 @@ Where it attaches (``LoRA`` in a config dispatches on the matched module):
 * MMPretrain ``MultiheadAttention`` -> ``qkv`` and ``proj`` Linears;
 * MMCV ``MultiScaleDeformableAttention`` -> its Linears named in
   ``msda_linears`` (default value/output projections and sampling offsets);
-* MMCV ``FFN`` -> its two Linears.
+* MMCV ``FFN`` -> its two Linears;
+* MMDetection ``ConditionalAttention`` (Conditional DETR, DAB-DETR) ->
+  :class:`LoRAConditionalAttention` on its query, key and value maps (``A``
+  shared, ``B`` of ``3d x r``: ``4*d*r``) plus a :class:`LoRALinear` on
+  ``out_proj`` (``2*d*r``), the counts of torch MHA. Its self-attention
+  projects content and position apart, ``q = W_qc x + W_qp p`` (``k``
+  likewise): the delta acts on their sum, ``q' = q + (a/r) B_q A (x + p)``,
+  as LoRA on DETR's fused ``in_proj`` (which sees ``x + p``) does, and
+  merges into both weights. Its cross-attention adds the deltas to the
+  content maps ``W_qc`` (decoder query), ``W_kc`` and ``W_v`` (memory);
+  the positional projections stay frozen;
+* MMDetection Swin ``ShiftWindowMSA``/``WindowMSA`` -> ``qkv`` and
+  ``proj`` (the relative position bias stays frozen).
 """
 import math
 from typing import Dict, List, Sequence, Tuple
@@ -29,11 +47,13 @@ from mmcv.cnn.bricks.transformer import FFN
 
 from mmpetl.registry import TUNERS
 from .common import check_positive_int
-from .attention import (install_tuned_forward, mmcv_attention_type,
-                        msda_type, vit_attention_type)
+from .attention import (install_tuned_forward, is_conditional_attention,
+                        is_shift_window_msa, is_window_msa,
+                        mmcv_attention_type, msda_type, vit_attention_type)
 from .base import BaseTuner, TunerHostError
 
-__all__ = ['LoRA', 'LoRALinear', 'LoRAFusedAttention']
+__all__ = ['LoRA', 'LoRALinear', 'LoRAFusedAttention',
+           'LoRAConditionalAttention']
 
 MSDA_LINEARS = ('value_proj', 'output_proj', 'sampling_offsets')
 
@@ -163,6 +183,45 @@ class LoRAFusedAttention(_LoRAMixin, BaseTuner):
             self.merged = False
 
 
+class LoRAConditionalAttention(LoRAFusedAttention):
+    """LoRA on MMDetection ``ConditionalAttention``'s q/k/v maps (see the
+    module doc; ``host.forward`` becomes
+    :func:`~mmpetl.tuners.attention.conditional_attention_forward`, which
+    adds :meth:`add_to_projections` of the inputs named there)."""
+
+    host_types = ()  # matched by qualified class name (no mmdet import)
+
+    @classmethod
+    def from_host(cls, host: nn.Module,
+                  **kwargs) -> 'LoRAConditionalAttention':
+        return cls(host.embed_dims, **kwargs)
+
+    def _merge_targets(self) -> List[Tuple[nn.Linear, torch.Tensor]]:
+        """``(Linear, delta)`` pairs a merge adds to."""
+        host = self._host[0]
+        d_q, d_k, d_v = self.delta_weight().chunk(3)
+        pairs = [(host.qcontent_proj, d_q), (host.kcontent_proj, d_k),
+                 (host.v_proj, d_v)]
+        if not host.cross_attn:  # the delta acts on content + position
+            pairs += [(host.qpos_proj, d_q), (host.kpos_proj, d_k)]
+        return pairs
+
+    @torch.no_grad()
+    def merge(self) -> bool:
+        if not self.merged:
+            for linear, delta in self._merge_targets():
+                linear.weight += delta.to(linear.weight.dtype)
+            self.merged = True
+        return True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            for linear, delta in self._merge_targets():
+                linear.weight -= delta.to(linear.weight.dtype)
+            self.merged = False
+
+
 @TUNERS.register_module()
 class LoRA:
     """Config entry point: builds the right LoRA for each matched module.
@@ -182,11 +241,14 @@ class LoRA:
                       **tuner_kwargs) -> List[Tuple[str, nn.Module]]:
         if isinstance(module, mmcv_attention_type()):
             module, name = module.attn, f'{name}.attn'
-        if isinstance(module, nn.MultiheadAttention):
+        if is_shift_window_msa(module):
+            module, name = module.w_msa, f'{name}.w_msa'
+        if isinstance(module, nn.MultiheadAttention) or \
+                is_conditional_attention(module):
             return [(name, module), (f'{name}.out_proj', module.out_proj)]
         if isinstance(module, nn.Linear):
             return [(name, module)]
-        if isinstance(module, vit_attention_type()):
+        if isinstance(module, vit_attention_type()) or is_window_msa(module):
             return [(f'{name}.qkv', module.qkv), (f'{name}.proj', module.proj)]
         if isinstance(module, msda_type()):
             return [(f'{name}.{attr}', getattr(module, attr))
@@ -198,11 +260,14 @@ class LoRA:
         raise TunerHostError(
             f'LoRA cannot tune `{name}` of type {type(module).__name__}; it '
             f'tunes nn.Linear, torch/mmcv/mmpretrain MultiheadAttention, '
-            f'mmcv MultiScaleDeformableAttention and mmcv FFN.')
+            f'mmcv MultiScaleDeformableAttention, mmcv FFN, mmdet '
+            f'ConditionalAttention and mmdet Swin ShiftWindowMSA/WindowMSA.')
 
     @classmethod
     def from_host(cls, host: nn.Module, msda_linears=MSDA_LINEARS,
                   **kwargs) -> BaseTuner:
         if isinstance(host, nn.MultiheadAttention):
             return LoRAFusedAttention.from_host(host, **kwargs)
+        if is_conditional_attention(host):
+            return LoRAConditionalAttention.from_host(host, **kwargs)
         return LoRALinear.from_host(host, **kwargs)

@@ -42,10 +42,29 @@ Initialisations (``init``):
 
 Masks apply to the real keys only; prefix slots are always attended.
 
-Parameters, direct: ``2*l*d`` (+1 for a learnable ``s``). With the MLP
-re-parametrisation (``reparam_hidden=h``, ``init='random'`` only) training
-holds an embedding and an MLP, ``l*d + d*h + h + 2*d*h + 2*d`` (+1), and
-deployment only the resulting ``2*l*d`` (+1).
+Hosts: torch/mmcv/mmpretrain ``MultiheadAttention``, MMCV's deformable
+attention (:class:`~mmpetl.tuners.DeformablePrefix`), and MMDetection's
+``ConditionalAttention`` (Conditional DETR, DAB-DETR) and Swin
+``WindowMSA`` (matched through its ``ShiftWindowMSA``). In Swin the
+prefixes are attended per window: every window's queries see the same
+``l`` prefixes, the relative position bias and the shifted-window mask
+apply to the window's own keys only.
+
+Conditional cross-attention scores ``q_h . k_h / sqrt(2*d_h)`` with
+``q_h = [content_h ; positional_h]`` and ``k_h`` likewise ``2*d_h`` wide,
+values ``d_h`` wide. Its ``P_k`` is ``l x 2d`` (per head ``[P_kc ; P_kp]``,
+in the space of the logits: a prefix can answer the content part of a
+query, its positional part or both), ``P_v`` is ``l x d``, so
+``l*(2d + d)`` parameters there. The parallel form stays exact at init
+(``P_v = 0`` zeroes the branch whatever ``P_k``); ``'scaled'`` draws
+``P_k`` with the rms of the stacked content and positional key
+projections ``[W_kc; W_kp]``.
+
+Parameters, direct: ``2*l*d`` (+1 for a learnable ``s``; conditional
+cross-attention ``3*l*d``). With the MLP re-parametrisation
+(``reparam_hidden=h``, ``init='random'`` only) training holds an embedding
+and an MLP, ``l*d + d*h + h + 2*d*h + 2*d`` (+1; its output layer is
+``d_k + d`` wide), and deployment only the resulting ``2*l*d`` (+1).
 """
 import math
 from typing import Dict, List, Optional, Tuple
@@ -55,12 +74,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmpetl.registry import TUNERS
-from .attention import mmcv_attention_type, msda_type, vit_attention_type
+from .attention import (is_conditional_attention, is_shift_window_msa,
+                        is_window_msa, mmcv_attention_type, msda_type,
+                        vit_attention_type)
 from .base import BaseTuner, TunerHostError
 from .common import check_positive_int
 
 __all__ = ['ScaledPrefix', 'PrefixTuning', 'PrefixBase', 'attention_hosts',
-           'PREFIX_FORMS', 'PREFIX_INITS']
+           'PREFIX_FORMS', 'PREFIX_INITS', 'prefix_widths',
+           'PREFIX_HOSTS']
 
 PREFIX_FORMS = ('joint', 'parallel')
 PREFIX_INITS = ('random', 'scaled', 'activations')
@@ -71,14 +93,32 @@ def attention_hosts(name: str, module: nn.Module,
     """Resolve a matched attention module to the module a prefix tunes."""
     if isinstance(module, mmcv_attention_type()):
         return [(f'{name}.attn', module.attn)]
+    if is_shift_window_msa(module):
+        return [(f'{name}.w_msa', module.w_msa)]
     if isinstance(module, (nn.MultiheadAttention, vit_attention_type(),
-                           msda_type())):
+                           msda_type())) or is_conditional_attention(
+                               module) or is_window_msa(module):
         return [(name, module)]
     raise TunerHostError(
         f'{tuner} cannot tune `{name}` of type {type(module).__name__}; it '
-        f'tunes attention: torch/mmcv/mmpretrain MultiheadAttention and '
-        f'mmcv MultiScaleDeformableAttention. Point its `targets`/`presets` '
+        f'tunes attention: {PREFIX_HOSTS}. Point its `targets`/`presets` '
         f'at attention modules (presets: *_attn).')
+
+
+#: the attention types prefix tuners attach to, for error messages
+PREFIX_HOSTS = ('torch/mmcv/mmpretrain MultiheadAttention, mmcv '
+                'MultiScaleDeformableAttention, mmdet ConditionalAttention '
+                '(Conditional DETR, DAB-DETR) and mmdet Swin '
+                'ShiftWindowMSA/WindowMSA')
+
+
+def prefix_widths(host: nn.Module) -> Tuple[int, int]:
+    """``(key width, value width)`` of a host's prefixes: ``(d, d)``, and
+    ``(2d, d)`` for conditional cross-attention (see the module doc)."""
+    dims, _ = embed_dims_of(host)
+    if is_conditional_attention(host) and host.cross_attn:
+        return 2 * dims, dims
+    return dims, dims
 
 
 def embed_dims_of(host: nn.Module) -> Tuple[int, int]:
@@ -88,13 +128,19 @@ def embed_dims_of(host: nn.Module) -> Tuple[int, int]:
 
 
 def key_weight_of(host: nn.Module) -> Optional[torch.Tensor]:
-    """The host's key projection ``W_k`` (``d x d``), None if it has none."""
+    """The host's key projection ``W_k`` (``d x d``; conditional
+    cross-attention: ``[W_kc; W_kp]``, ``2d x d``), None if it has none."""
     if isinstance(host, nn.MultiheadAttention):
         if host._qkv_same_embed_dim:
             return host.in_proj_weight.chunk(3)[1]
         return host.k_proj_weight
-    if isinstance(host, vit_attention_type()):
+    if isinstance(host, vit_attention_type()) or is_window_msa(host):
         return host.qkv.weight.chunk(3)[1]
+    if is_conditional_attention(host):
+        if host.cross_attn:
+            return torch.cat([host.kcontent_proj.weight,
+                              host.kpos_proj.weight])
+        return host.kcontent_proj.weight
     return None
 
 
@@ -114,6 +160,9 @@ class PrefixBase(BaseTuner):
         init_std (float): std of ``'random'``'s normal init.
         key_std (float): std of ``P_k`` under ``'scaled'`` (the host's
             ``from_host`` derives it from the key projection).
+        key_dims (int, optional): width of ``P_k`` when the host's logits
+            are not ``d`` wide (conditional cross-attention: ``2d``);
+            None: ``dims``.
     """
 
     attr_name = 'prefix'
@@ -125,18 +174,22 @@ class PrefixBase(BaseTuner):
     def __init__(self, dims: int, num_heads: int, num_prefix: int = 50,
                  form: str = 'parallel', init: str = 'scaled',
                  scale: float = 1.0, learnable_scale: bool = True,
-                 init_std: float = 0.02, key_std: float = 1.0) -> None:
+                 init_std: float = 0.02, key_std: float = 1.0,
+                 key_dims: Optional[int] = None) -> None:
         super().__init__()
         name = type(self).__name__
         check_positive_int('num_prefix', num_prefix, name)
         self.check_options(form, init)
-        if dims % num_heads:
-            raise ValueError(f'{name}: {dims} dims do not split over '
-                             f'{num_heads} heads')
+        key_dims = dims if key_dims is None else key_dims
+        for width in (dims, key_dims):
+            if width % num_heads:
+                raise ValueError(f'{name}: {width} dims do not split over '
+                                 f'{num_heads} heads')
         self.dims, self.num_heads, self.num_prefix = dims, num_heads, \
             num_prefix
+        self.key_dims = key_dims
         self.form, self.init = form, init
-        self.prefix_k = nn.Parameter(torch.empty(num_prefix, dims))
+        self.prefix_k = nn.Parameter(torch.empty(num_prefix, key_dims))
         self.prefix_v = nn.Parameter(torch.empty(num_prefix, dims))
         if init == 'random':
             nn.init.normal_(self.prefix_k, std=init_std)
@@ -174,7 +227,8 @@ class PrefixBase(BaseTuner):
 
     # -- prefixes -----------------------------------------------------------
     def key_values(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(P_k, P_v)``, each ``(l, d)`` (``s`` not applied)."""
+        """``(P_k, P_v)``: ``(l, key_dims)`` and ``(l, d)`` (``s`` not
+        applied)."""
         return self.prefix_k, self.prefix_v
 
     def heads(self, prefix: torch.Tensor, bsz: int,
@@ -215,8 +269,8 @@ class PrefixBase(BaseTuner):
             values: ``(B, H, S, d_h)`` projected values, or None.
             valid: ``(B, S)`` bool, False at padded positions; None: all.
         """
-        def tokens(t):  # (B, H, S, d_h) -> (B*S, d)
-            return t.detach().transpose(1, 2).reshape(-1, self.dims)
+        def tokens(t):  # (B, H, S, d_h) -> (B*S, H*d_h)
+            return t.detach().transpose(1, 2).flatten(2).flatten(0, 1)
 
         keep = None if valid is None else valid.reshape(-1)
         k = tokens(keys)
@@ -265,12 +319,15 @@ class PrefixBase(BaseTuner):
         self.record_change(frozen, change, share=share)
 
     def num_deploy_params(self) -> int:
-        return 2 * self.num_prefix * self.dims + int(
+        return self.num_prefix * (self.key_dims + self.dims) + int(
             isinstance(self.scale, nn.Parameter))
 
     def describe(self) -> Dict[str, object]:
-        return dict(num_prefix=self.num_prefix, form=self.form,
-                    init=self.init)
+        out = dict(num_prefix=self.num_prefix, form=self.form,
+                   init=self.init)
+        if self.key_dims != self.dims:  # conditional cross-attention
+            out['key_dims'] = self.key_dims
+        return out
 
 
 @TUNERS.register_module()
@@ -287,9 +344,10 @@ class ScaledPrefix(PrefixBase):
                  form: str = 'parallel', init: str = 'scaled',
                  scale: float = 1.0, learnable_scale: bool = True,
                  reparam_hidden: Optional[int] = None,
-                 init_std: float = 0.02, key_std: float = 1.0) -> None:
+                 init_std: float = 0.02, key_std: float = 1.0,
+                 key_dims: Optional[int] = None) -> None:
         super().__init__(dims, num_heads, num_prefix, form, init, scale,
-                         learnable_scale, init_std, key_std)
+                         learnable_scale, init_std, key_std, key_dims)
         self.reparam_hidden = reparam_hidden
         if reparam_hidden is not None:
             check_positive_int('reparam_hidden', reparam_hidden,
@@ -304,7 +362,7 @@ class ScaledPrefix(PrefixBase):
                                           init_std)
             self.reparam = nn.Sequential(
                 nn.Linear(dims, reparam_hidden), nn.Tanh(),
-                nn.Linear(reparam_hidden, 2 * dims))
+                nn.Linear(reparam_hidden, self.key_dims + dims))
 
     @classmethod
     def resolve_hosts(cls, name, module, **tuner_kwargs):
@@ -327,7 +385,8 @@ class ScaledPrefix(PrefixBase):
         weight = key_weight_of(host)
         kwargs.setdefault('key_std', float(
             weight.detach().float().norm() / math.sqrt(weight.shape[0])))
-        return cls(dims, num_heads, **kwargs)
+        return cls(dims, num_heads, key_dims=prefix_widths(host)[0],
+                   **kwargs)
 
     def _install(self, host: nn.Module) -> None:
         if getattr(host, 'v_shortcut', False):
@@ -339,7 +398,8 @@ class ScaledPrefix(PrefixBase):
     def key_values(self) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.reparam_hidden is None:
             return self.prefix_k, self.prefix_v
-        p_k, p_v = self.reparam(self.embedding).chunk(2, dim=-1)
+        p_k, p_v = self.reparam(self.embedding).split(
+            [self.key_dims, self.dims], dim=-1)
         return p_k, p_v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -408,7 +468,7 @@ class ScaledPrefix(PrefixBase):
         they produce (``2*l*d`` direct parameters); outputs are unchanged."""
         if self.reparam_hidden is None:
             return False
-        p_k, p_v = self.reparam(self.embedding).chunk(2, dim=-1)
+        p_k, p_v = self.key_values()
         del self.embedding, self.reparam
         self.prefix_k = nn.Parameter(p_k.clone())
         self.prefix_v = nn.Parameter(p_v.clone())
@@ -425,13 +485,13 @@ class PrefixTuning(ScaledPrefix):
                  form: str = 'joint', init: str = 'random',
                  reparam_hidden: Optional[int] = None,
                  init_std: float = 0.02, key_std: float = 1.0,
-                 **kwargs) -> None:
+                 key_dims: Optional[int] = None, **kwargs) -> None:
         if kwargs:
             raise TypeError(f'PrefixTuning got unexpected {sorted(kwargs)}')
         super().__init__(dims, num_heads, num_prefix, form, init,
                          scale=1.0, learnable_scale=False,
                          reparam_hidden=reparam_hidden, init_std=init_std,
-                         key_std=key_std)
+                         key_std=key_std, key_dims=key_dims)
 
     @classmethod
     def from_host(cls, host: nn.Module, **kwargs) -> BaseTuner:

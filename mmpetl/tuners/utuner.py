@@ -12,7 +12,8 @@ both (Dual-U-Tuner, the paper's best); the paper's "first layer only"
 variant puts a Dual-U-Tuner in the first layer alone. ``x`` is the block's
 input (the query for attention, without its positional embedding) and
 ``OP(x)`` its output as the host returns it (MMCV's attention and FFN
-blocks include their residual).
+blocks and MMDetection's ``ConditionalAttention`` include their residual;
+Swin's ``ShiftWindowMSA`` does not, its block adds it).
 
 Parameters: ``2*d*b + b + d`` (+1 for a learnable ``s``).
 """
@@ -24,7 +25,8 @@ from mmcv.cnn.bricks.transformer import FFN
 from mmpetl.registry import TUNERS
 from .adapter import AdapterBranch
 from .common import check_positive_int
-from .attention import mmcv_attention_type, msda_type, vit_attention_type
+from .attention import (is_conditional_attention, is_shift_window_msa,
+                        mmcv_attention_type, msda_type, vit_attention_type)
 from .base import BaseTuner, TunerHostError
 
 __all__ = ['UTuner']
@@ -33,6 +35,8 @@ __all__ = ['UTuner']
 def _block_width(host: nn.Module) -> int:
     if isinstance(host, FFN):
         return host.embed_dims
+    if is_shift_window_msa(host):
+        return host.w_msa.embed_dims
     width = getattr(host, 'embed_dims', None)
     if isinstance(host, vit_attention_type()) and host.input_dims != width:
         raise TunerHostError('U-Tuner needs an attention whose input and '
@@ -71,13 +75,16 @@ class UTuner(BaseTuner):
     @classmethod
     def resolve_hosts(cls, name, module, **tuner_kwargs):
         if isinstance(module, (FFN, mmcv_attention_type(), msda_type(),
-                               vit_attention_type())):
+                               vit_attention_type())) or \
+                is_conditional_attention(module) or \
+                is_shift_window_msa(module):
             return [(name, module)]
         raise TunerHostError(
             f'UTuner cannot tune `{name}` of type {type(module).__name__}; '
             f'it tunes mmcv FFN, mmcv MultiheadAttention, mmcv '
-            f'MultiScaleDeformableAttention and mmpretrain '
-            f'MultiheadAttention blocks (presets attn/ffn).')
+            f'MultiScaleDeformableAttention, mmpretrain MultiheadAttention, '
+            f'mmdet ConditionalAttention and Swin ShiftWindowMSA blocks '
+            f'(presets attn/ffn, backbone_attn/backbone_ffn).')
 
     @classmethod
     def from_host(cls, host: nn.Module, **kwargs) -> 'UTuner':

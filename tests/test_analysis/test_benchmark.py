@@ -302,17 +302,16 @@ def test_checkpointing_targets_and_chart(tmp_path):
                            str(tmp_path / 'none.png')) is None
 
 
-def test_default_methods_skip_the_pairs_without_a_config(capsys):
+def test_default_methods_skip_the_pairs_without_a_config():
     tool = load_tool('tools/analysis/benchmark.py')
-    pairs = tool.config_list(tool.parse_args([]))
+    pairs, skipped = tool.config_list(tool.parse_args([]))
     methods = {(arch, m) for arch, m, _ in pairs}
     for arch in ('detr_r50_coco', 'deformable-detr_r50_coco'):
         assert (arch, 'etta+ckpt') in methods
         assert (arch, 'lora+ckpt') in methods
     assert ('vit-b16_cifar100', 'etta') in methods
     assert ('vit-b16_cifar100', 'etta+ckpt') not in methods
-    assert 'vit-b16_cifar100 / etta+ckpt: no configs/methods/' \
-        'etta+ckpt_vit-b16_cifar100.py, skipped' in capsys.readouterr().out
+    assert 'etta+ckpt_vit-b16_cifar100' in skipped
     # a method asked for by name must exist for every architecture asked
     with pytest.raises(SystemExit, match='no config configs/methods/'
                        'etta\\+ckpt_vit-b16_cifar100.py'):
@@ -325,3 +324,26 @@ def test_amp_on_cpu_is_refused_with_the_reason():
          '--amp', 'bfloat16'], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0
     assert '--amp needs --device cuda' in proc.stderr
+
+
+def test_dino_rows_join_the_default_run_and_missing_pairs_are_listed():
+    """--archs with DINO and the default methods: DINO's shipped configs
+    run in the same run, its pairs without a config are reported as not
+    measured; a method named explicitly must exist."""
+    tool = load_tool('tools/analysis/benchmark.py')
+    assert 'dino-4scale_r50_coco' in tool.EXTRA_ARCHS
+    args = tool.parse_args(['--archs', 'detr_r50_coco',
+                            'dino-4scale_r50_coco'])
+    configs, skipped = tool.config_list(args)
+    dino = {m for a, m, _ in configs if a == 'dino-4scale_r50_coco'}
+    assert {'full-ft', 'etta', 'lora'} <= dino
+    assert 'unipt_dino-4scale_r50_coco' in skipped
+    assert not any(s.endswith('_detr_r50_coco') for s in skipped)
+    with pytest.raises(SystemExit, match='no config configs/methods/'
+                       'unipt_dino-4scale_r50_coco.py'):
+        tool.config_list(tool.parse_args([
+            '--archs', 'dino-4scale_r50_coco', '--methods', 'unipt']))
+    header = dict(device_kind='CPU', date='d', machine='m', software='s',
+                  command='c', setting='x', not_measured=skipped)
+    assert 'not measured (no config): ' + ', '.join(skipped) in \
+        markdown_report([], [], header)

@@ -66,3 +66,44 @@ def test_vit_presets_and_unknown():
         preset_regex('vit', ['decoder_cross_attn'])
     assert set(PRESETS['detr']) >= {'encoder_self_attn', 'decoder_self_attn',
                                     'decoder_cross_attn', 'ffn'}
+
+
+SWIN = ['backbone.stages.0.blocks.0.attn', 'backbone.stages.0.blocks.0.attn'
+        '.w_msa', 'backbone.stages.0.blocks.1.ffn',
+        'backbone.stages.2.blocks.17.attn', 'backbone.stages.0.downsample',
+        'encoder.layers.0.self_attn', 'encoder.layers.0.ffn']
+
+
+def test_backbone_presets_reach_swin_blocks():
+    """backbone_attn is each Swin block's ShiftWindowMSA (the tuners go
+    down to its WindowMSA), backbone_ffn its FFN; the transformer's presets
+    stay apart."""
+    for arch in ('detr', 'deformable_detr'):
+        assert select_names(SWIN, preset_regex(arch, ['backbone_attn'])) == [
+            'backbone.stages.0.blocks.0.attn',
+            'backbone.stages.2.blocks.17.attn']
+        assert select_names(SWIN, preset_regex(arch, ['backbone_ffn'])) == [
+            'backbone.stages.0.blocks.1.ffn']
+        assert select_names(SWIN, preset_regex(arch, ['attn', 'ffn'])) == [
+            'encoder.layers.0.self_attn', 'encoder.layers.0.ffn']
+        # the ViT form still matches
+        assert name_matches('backbone.layers.3.attn',
+                            preset_regex(arch, ['backbone_attn']))
+
+
+def test_matching_presets_and_block_types_of_a_model():
+    from mmpetl.injection.presets import block_types, matching_presets
+    from mmpetl.models import build_inner_model
+    from tests.conftest import small_deformable_cfg
+    model = build_inner_model(small_deformable_cfg())
+    names = [n for n, _ in model.named_modules() if n]
+    here = matching_presets(names, 'deformable_detr')
+    assert 'attn' in here and 'ffn' in here
+    assert 'backbone_attn' not in here and 'backbone_ffn' not in here
+    types = block_types(model)
+    assert types['attention'] == {
+        'mmcv.MultiScaleDeformableAttention': [
+            'encoder.layers.N.self_attn', 'decoder.layers.N.cross_attn'],
+        'mmcv.MultiheadAttention': ['decoder.layers.N.self_attn']}
+    assert types['ffn'] == {'mmcv.FFN': ['encoder.layers.N.ffn',
+                                         'decoder.layers.N.ffn']}

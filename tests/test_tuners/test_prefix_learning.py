@@ -1,5 +1,7 @@
 """Prefix forms and inits: exact where the form allows it, and learning from
-step 0 on every host (torch/mmcv MHA, MMPretrain ViT attention, MSDA).
+step 0 on every host (torch/mmcv MHA, MMPretrain ViT attention, MSDA,
+MMDetection's ConditionalAttention in self- and cross-attention, Swin's
+shifted-window WindowMSA).
 
 The two failure modes the prefix issue measured: a branch whose every path
 runs through a zero scale gives its prefixes a zero gradient; a joint
@@ -17,6 +19,8 @@ from mmpetl.tuners.attention import vit_attention_type
 from mmpetl.tuners.base import TunerHostError
 
 D, HEADS, P, N = 32, 4, 6, 10
+MEMORY = 14  # cross-attention keys
+WINDOW, SIDE = 4, 8  # Swin: 8x8 tokens, 4 windows of 4x4
 
 
 def msda_inputs(bs=2, num_query=6):
@@ -42,6 +46,27 @@ def host_and_call(kind):
     if kind == 'vit':
         host = vit_attention_type()(D, HEADS)
         return host, host, lambda: host(x)
+    if kind in ('cond_self', 'cond_cross'):
+        from mmdet.models.layers.transformer.utils import \
+            ConditionalAttention
+        cross = kind == 'cond_cross'
+        host = ConditionalAttention(D, HEADS, cross_attn=cross)
+        pos = torch.randn(2, N, D)
+        if not cross:
+            return host, host, lambda: host(query=x, key=x, query_pos=pos,
+                                            key_pos=pos)
+        memory, key_pos = torch.randn(2, MEMORY, D), torch.randn(
+            2, MEMORY, D)
+        sine = torch.randn(2, N, D)
+        return host, host, lambda: host(
+            query=x, key=memory, query_pos=pos, key_pos=key_pos,
+            ref_sine_embed=sine, is_first=True)
+    if kind == 'window':
+        from mmdet.models.backbones.swin import ShiftWindowMSA
+        block = ShiftWindowMSA(D, HEADS, WINDOW, shift_size=WINDOW // 2)
+        nn.init.normal_(block.w_msa.relative_position_bias_table)
+        tokens = torch.randn(2, SIDE * SIDE, D)
+        return block.w_msa, block, lambda: block(tokens, (SIDE, SIDE))
     host = MultiScaleDeformableAttention(embed_dims=D, num_heads=HEADS,
                                          num_levels=2, num_points=2,
                                          batch_first=True)
@@ -49,7 +74,13 @@ def host_and_call(kind):
     return host, host, lambda: host(**kwargs)
 
 
-HOSTS = ['torch_mha', 'mmcv_mha', 'vit', 'msda']
+HOSTS = ['torch_mha', 'mmcv_mha', 'vit', 'msda', 'cond_self', 'cond_cross',
+         'window']
+# (tokens the host projects per init batch, key width): cross-attention
+# keys are the memory's, [content; position] per head (2D); Swin's are
+# every window's tokens
+TOKENS = dict(msda=(2 * 6, D), cond_cross=(2 * MEMORY, 2 * D),
+              window=(2 * SIDE * SIDE, D))
 # (form, init) pairs that are exact at init
 EXACT = [('parallel', 'scaled'), ('parallel', 'activations')]
 
@@ -162,7 +193,7 @@ def test_activation_init_takes_tokens_the_host_computes(kind):
     tuner.finish_collecting(torch.Generator().manual_seed(0))
     assert not tuner.needs_data_init
     keys = torch.cat([k for k, _ in collected])
-    assert keys.shape == (2 * N if kind != 'msda' else 2 * 6, D)
+    assert keys.shape == TOKENS.get(kind, (2 * N, D))
     if kind == 'msda':
         inputs = msda_inputs()
         q = (inputs['query'] + inputs['query_pos']).reshape(-1, D)
@@ -175,7 +206,8 @@ def test_activation_init_takes_tokens_the_host_computes(kind):
         mine = torch.cat([tuner.prefix_k, tuner.scale * tuner.prefix_v],
                          1).detach()
     # every prefix is one collected token (key and value of the same one)
-    assert torch.cdist(mine, pairs).min(dim=1).values.max() < 1e-4
+    assert torch.cdist(mine, pairs, compute_mode='donot_use_mm_for_euclid_dist'
+                       ).min(dim=1).values.max() < 1e-4
     # collecting ran the frozen host: outputs were the base model's
     tuner.eval()
     with torch.no_grad():

@@ -8,11 +8,18 @@
     python tools/analysis/benchmark.py --configs my_config.py ...
     python tools/analysis/benchmark.py --archs deformable-detr_r50_coco \\
         --methods etta etta+ckpt lora lora+ckpt
+    python tools/analysis/benchmark.py --archs detr_r50_coco \\
+        deformable-detr_r50_coco vit-b16_cifar100 dino-4scale_r50_coco
 
 Every (architecture, method) pair is ``configs/methods/{method}_{arch}.py``
 and runs in a process of its own (peak memory is per process); a method
 ``{method}+ckpt`` is the method with activation checkpointing of its
-encoder and decoder layers (``configs/methods/etta+ckpt_*.py``). For each it
+encoder and decoder layers (``configs/methods/etta+ckpt_*.py``). Beyond the
+default architectures, ``--archs`` takes ``EXTRA_ARCHS`` (DINO 4-scale R50:
+full-ft, etta, lora and adapter configs ship). With the default
+``--methods``, a pair without a config is skipped and listed in the report
+("not measured"); methods named with ``--methods`` must all exist, and
+full fine-tuning (the reference of the ratios) always must. For each it
 measures: trainable parameters (count, %), deploy-time parameters (LoRA
 merged, prefix MLPs folded), the size of what must be stored per task
 (tuner checkpoint, or the whole model for full fine-tuning), peak training
@@ -47,6 +54,8 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 ARCHS = ['detr_r50_coco', 'deformable-detr_r50_coco', 'vit-b16_cifar100']
+#: more architectures --archs takes (not run by default)
+EXTRA_ARCHS = ['dino-4scale_r50_coco']
 METHODS = ['full-ft', 'heads-only', 'bitfit', 'lora', 'lora+ckpt',
            'serial-adapter', 'prefix', 'etta', 'etta+ckpt', 'utuning',
            'unipt']
@@ -58,12 +67,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--archs', nargs='+', default=ARCHS)
+    p.add_argument('--archs', nargs='+', default=ARCHS,
+                   help=f'default {ARCHS}; also {EXTRA_ARCHS} (any arch '
+                   f'with configs/methods/full-ft_<arch>.py)')
     p.add_argument('--methods', nargs='+',
                    help='method names of configs/methods/{method}_{arch}.py '
-                   '(full-ft is always added: ratios need it). Default: '
-                   f'{" ".join(METHODS)}, skipping the pairs without a '
-                   'config (no +ckpt variant for the ViT)')
+                   f'(default {METHODS}, pairs without a config skipped; '
+                   'full-ft is always added: ratios need it)')
     p.add_argument('--configs', nargs='+',
                    help='explicit config files instead of --archs/--methods '
                    '(named {method}_{arch}.py for grouping; include a '
@@ -145,30 +155,30 @@ def run_worker(args):
 
 # -- driver ----------------------------------------------------------------
 def config_list(args):
+    """``([(arch, method, path)], [skipped 'method_arch' pairs])``."""
     if args.configs:
         out = []
         for path in args.configs:
             stem = osp.splitext(osp.basename(path))[0]
             method, _, arch = stem.partition('_')
             out.append((arch or 'custom', method, path))
-        return out
-    chosen = args.methods or METHODS
-    methods = ['full-ft'] + [m for m in chosen if m != 'full-ft']
-    out = []
+        return out, []
+    methods = ['full-ft'] + [m for m in args.methods or METHODS
+                             if m != 'full-ft']
+    out, skipped = [], []
     for arch in args.archs:
         for method in methods:
             path = osp.join(ROOT, 'configs', 'methods', f'{method}_{arch}.py')
-            if not osp.exists(path) and not args.methods:
-                print(f'[benchmark] {arch} / {method}: no '
-                      f'{osp.relpath(path, ROOT)}, skipped', flush=True)
-                continue
             if not osp.exists(path):
+                if args.methods is None and method != 'full-ft':
+                    skipped.append(f'{method}_{arch}')
+                    continue
                 raise SystemExit(
                     f'no config {osp.relpath(path, ROOT)} for method '
                     f'{method!r} on {arch!r}: see configs/methods/ for the '
                     f'available pairs')
             out.append((arch, method, path))
-    return out
+    return out, skipped
 
 
 def worker_argv(args, path, json_path):
@@ -265,7 +275,10 @@ def main(argv=None):
     kind = 'cpu' if s['device'] == 'cpu' else 'gpu'
     out_dir = args.out_dir or osp.join(ROOT, 'benchmarks', 'results', kind)
     os.makedirs(out_dir, exist_ok=True)
-    configs = config_list(args)
+    configs, skipped = config_list(args)
+    if skipped:
+        print(f'[benchmark] not measured (no config): {", ".join(skipped)}',
+              flush=True)
     rows = []
     for arch, method, path in configs:
         print(f'[benchmark] {arch} / {method} ...', flush=True)
@@ -293,7 +306,8 @@ def main(argv=None):
                  f"{s['batch']} at {size}, classification batch "
                  f"{s['cls_batch']} at {s['cls_size']}, {args.warmup} "
                  f"warm-up + {args.iters} timed steps, random weights and "
-                 f"synthetic data (speed and memory do not depend on them)"))
+                 f"synthetic data (speed and memory do not depend on them)"),
+        not_measured=skipped)
     chart = plot_chart(rows, osp.join(out_dir, f'{args.name}.png'),
                        title=f"{header['device_kind']}: {s['device']}, "
                        f"{s['amp'] or 'fp32'}, {header['date']}")

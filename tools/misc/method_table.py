@@ -4,7 +4,10 @@
 
 Builds each config in configs/methods/ (full-size models, no data, no
 downloads) and counts its trainable parameters; with --write-readme the
-table replaces the one between the README's method-table markers.
+tables replace those between the README's method-table markers. Two
+tables: every method on DETR, Deformable DETR and ViT-B/16, and the methods
+shipped for the rest of the DETR family (DINO R50 and Swin-L, Conditional
+DETR, DAB-DETR).
 """
 import argparse
 import glob
@@ -21,6 +24,10 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 ARCHS = [('detr_r50_coco', 'DETR R50'),
          ('deformable-detr_r50_coco', 'Deformable DETR R50'),
          ('vit-b16_cifar100', 'ViT-B/16')]
+FAMILY_ARCHS = [('dino-4scale_r50_coco', 'DINO 4-scale R50'),
+                ('dino-5scale_swin-l_coco', 'DINO 5-scale Swin-L'),
+                ('conditional-detr_r50_coco', 'Conditional DETR R50'),
+                ('dab-detr_r50_coco', 'DAB-DETR R50')]
 # method: (name, formula, where it goes)
 METHODS = {
     'full-ft': ('full fine-tuning', 'every weight trains', 'everywhere'),
@@ -83,14 +90,23 @@ def count(path):
         total
 
 
-def build_table():
+def config_path(method, arch):
+    return osp.join(ROOT, 'configs', 'methods', f'{method}_{arch}.py')
+
+
+def build_table(archs=ARCHS, only_shipped=False):
+    """One row per method, one column per architecture; ``only_shipped``:
+    only the methods with a config for one of ``archs``."""
     rows = ['| method | formula | where | ' +
-            ' | '.join(title for _, title in ARCHS) + ' |',
-            '|---|---|---|' + '---:|' * len(ARCHS)]
+            ' | '.join(title for _, title in archs) + ' |',
+            '|---|---|---|' + '---:|' * len(archs)]
     for key, (name, formula, where) in METHODS.items():
+        if only_shipped and not any(osp.exists(config_path(key, arch))
+                                    for arch, _ in archs):
+            continue
         cells = []
-        for arch, _ in ARCHS:
-            path = osp.join(ROOT, 'configs', 'methods', f'{key}_{arch}.py')
+        for arch, _ in archs:
+            path = config_path(key, arch)
             if not osp.exists(path):
                 cells.append('n/a')
                 continue
@@ -109,7 +125,20 @@ def main():
     if missing:
         sys.exit(f'configs/methods has methods the table does not know: '
                  f'{sorted(missing)}')
-    table = (build_table() + '\n\nTrainable parameters (and % of all '
+    known_archs = {a for a, _ in ARCHS + FAMILY_ARCHS}
+    stray = sorted(
+        osp.basename(p)
+        for p in glob.glob(osp.join(ROOT, 'configs/methods/*.py'))
+        if osp.basename(p)[:-3].split('_', 1)[1] not in known_archs)
+    if stray:
+        sys.exit(f'configs/methods has architectures the table does not '
+                 f'know: {stray}')
+    table = (build_table() + '\n\nThe rest of the DETR family: the methods '
+             'shipped for it (DINO Swin-L: also in the Swin backbone, '
+             '`backbone_attn`/`backbone_ffn`; the trainable heads of DINO '
+             'include its denoising label embedding).\n\n' +
+             build_table(FAMILY_ARCHS, only_shipped=True) +
+             '\n\nTrainable parameters (and % of all '
              'parameters), counted by `tools/misc/method_table.py` from '
              '`configs/methods/`; n/a: the method does not apply (VPT needs a '
              "ViT's token sequence).")

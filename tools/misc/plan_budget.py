@@ -5,7 +5,10 @@
 
 ETTA's rule: as much of the budget as possible to the FFN adapters, the
 least that works to the prefixes. Counts are exact (real module widths);
---verify builds each allocation and counts its parameters.
+--verify builds each allocation and counts its parameters. Where the
+adapters and prefixes go is read from the config's ``ParallelAdapter`` and
+``ScaledPrefix`` entries (their ``presets``; e.g. ET-DINO Swin-L also tunes
+the backbone), else ``['ffn']`` and ``['attn']``.
 """
 import argparse
 
@@ -32,18 +35,23 @@ def main():
     model_cfg = cfg.model.get('model', cfg.model)
     trainable = args.trainable if args.trainable is not None else list(
         cfg.model.get('trainable', ['bbox_head']))
+    presets = {t['type'].split('.')[-1]: list(t['presets'])
+               for t in cfg.model.get('tuners', []) if 'presets' in t}
+    ffn = presets.get('ParallelAdapter', ['ffn'])
+    attn = presets.get('ScaledPrefix', ['attn'])
     model = build_inner_model(model_cfg)
     rows = []
-    for a in plan(model, args.targets, trainable):
+    for a in plan(model, args.targets, trainable, ffn_presets=ffn,
+                  attn_presets=attn):
         row = [f'{a.target_pct:g}%', a.bottleneck, a.num_prefix,
                f'{a.adapter_params:,}', f'{a.prefix_params:,}',
                f'{a.head_params:,}', f'{a.trainable:,}', f'{a.pct:.2f}%']
         if args.verify:
             petl = PETLModel(
                 model=model_cfg, trainable=trainable, tuners=[
-                    dict(type='ParallelAdapter', presets=['ffn'],
+                    dict(type='ParallelAdapter', presets=ffn,
                          bottleneck=a.bottleneck),
-                    dict(type='ScaledPrefix', presets=['attn'],
+                    dict(type='ScaledPrefix', presets=attn,
                          num_prefix=a.num_prefix)])
             built = sum(p.numel() for p in petl.parameters()
                         if p.requires_grad)
@@ -51,6 +59,7 @@ def main():
         rows.append(row)
     header = ['target', 'b', 'l', 'adapters', 'prefixes', 'trainable base',
               'trainable', '% of total']
+    print(f'adapters: presets {ffn}; prefixes: presets {attn}')
     print(format_table(header + (['verified'] if args.verify else []), rows))
 
 

@@ -1,0 +1,5 @@
+# Full fine-tuning of DINO 4-scale R50 from a full checkpoint (the
+# reference every PETL method is compared with: a whole model per task).
+_base_ = 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py'
+model = dict(backbone=dict(init_cfg=None))
+load_from = 'checkpoints/dino-4scale_r50_8xb2-12e_coco_20221202_182705-55b2bba2.pth'  # noqa
