@@ -179,3 +179,8 @@ def test_new_method_configs_name_zoo_checkpoints():
                      f'configs/methods/full-ft_{arch}.py']:
             load_from = Config.fromfile(str(ROOT / path)).load_from
             assert Path(load_from).name in zoo_weights(folder), path
+    for path, folder in [('configs/_base_/archs/detr_r50_coco.py', 'detr'),
+                         ('configs/_base_/archs/deformable_detr_r50_coco.py',
+                          'deformable_detr')]:
+        load_from = Config.fromfile(str(ROOT / path)).load_from
+        assert Path(load_from).name in zoo_weights(folder), path

@@ -25,7 +25,7 @@ in ``(L, B, d)``, out_proj included). A tensor whose size along it is 1
 broadcasts and is passed whole; so is one whose size is not a multiple of
 B (an argument the routed function does not use, e.g. ``spatial_shapes``).
 
-Limits (refused by the callers, see :mod:`mmpetl.models.tasks`): routing
+Limits (refused by the callers, see :mod:`mmpetl.apis.tasks`): routing
 is for inference (the swaps run under ``torch.no_grad``); a tuner folded
 into its host's weights (merged LoRA) has no branch left to route; tuners
 whose class does not set ``routable`` (VPT, UniPT) are refused.
