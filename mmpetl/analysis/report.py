@@ -6,12 +6,13 @@ and ``config``. Ratios are taken against the ``full-ft`` row of the same
 architecture *in the same run* (the machines are noisy: numbers from
 different runs are not compared).
 """
+import os.path as osp
 import statistics
 from typing import Callable, Dict, List, Optional, Sequence
 
 __all__ = ['with_ratios', 'check_targets', 'markdown_report', 'plot_chart',
            'plot_ckpt_chart', 'REFERENCE', 'CKPT', 'write_between_markers',
-           'seed_summary']
+           'seed_summary', 'BENCHMARK_PAGE', 'write_benchmark_section']
 
 REFERENCE = 'full-ft'
 #: suffix of a method run with activation checkpointing (``etta+ckpt``)
@@ -342,6 +343,17 @@ def summary_rows(rows: Sequence[Dict]) -> List[Dict]:
     """Drop the per-step time lists (kept in the JSON only)."""
     return [{k: v for k, v in r.items() if k != 'step_times_ms'}
             for r in rows]
+
+
+#: where benchmark tools copy their tables (``--readme``)
+BENCHMARK_PAGE = osp.join('benchmarks', 'README.md')
+
+
+def write_benchmark_section(root: str, name: str, body: str) -> None:
+    """Write ``body`` between the ``name`` markers of the benchmarks page
+    (``<root>/benchmarks/README.md``); image links relative to
+    ``benchmarks/`` as the tools write them."""
+    write_between_markers(osp.join(root, BENCHMARK_PAGE), name, body)
 
 
 def write_between_markers(path: str, name: str, body: str) -> None:

@@ -12,8 +12,9 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
         'mmpetl_task_benchmark', ROOT / 'tools/analysis/task_benchmark.py')
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    bench.ROOT = str(tmp_path)  # --readme writes tmp_path/README.md
-    (tmp_path / 'README.md').write_text(
+    bench.ROOT = str(tmp_path)  # --readme: tmp_path/benchmarks/README.md
+    (tmp_path / 'benchmarks').mkdir()
+    (tmp_path / 'benchmarks' / 'README.md').write_text(
         'intro\n<!-- tasks-bench:start -->\nold\n<!-- tasks-bench:end -->\n'
         'rest\n')
     result = bench.main(['--quick', '--out-dir', str(tmp_path), '--config',
@@ -40,7 +41,7 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
     text = (tmp_path / 'tasks.md').read_text()
     assert '| heads only | 68,370 |' in text
     assert 'one routed forward (mixed)' in text and '--quick' in text
-    readme = (tmp_path / 'README.md').read_text()
+    readme = (tmp_path / 'benchmarks' / 'README.md').read_text()
     assert readme.startswith('intro\n<!-- tasks-bench:start -->\n- date: ')
     assert '| heads only | 68,370 |' in readme and 'old' not in readme
     assert readme.endswith('<!-- tasks-bench:end -->\nrest\n')

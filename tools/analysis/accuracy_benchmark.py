@@ -67,7 +67,7 @@ def parse_args():
     p.add_argument('--iters', type=int, help='override the 200 iterations '
                    '(tests only: the table is for the full schedule)')
     p.add_argument('--readme', action='store_true',
-                   help='copy the table into README.md between the '
+                   help='copy the table into benchmarks/README.md between the '
                    '<!-- accuracy:start/end --> markers')
     p.add_argument('--report-only', action='store_true',
                    help='train nothing: write the table from the finished '
@@ -215,8 +215,8 @@ def main():
 
 
 def write_readme(text):
-    from mmpetl.analysis.report import write_between_markers
-    write_between_markers(osp.join(ROOT, 'README.md'), 'accuracy',
+    from mmpetl.analysis.report import write_benchmark_section
+    write_benchmark_section(ROOT, 'accuracy',
                           text.split('\n', 2)[2])  # without the page title
 
 

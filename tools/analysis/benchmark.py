@@ -35,7 +35,7 @@ to the ``+ckpt`` rows) to ``--out-dir`` (default
 ``benchmarks/results/<cpu|gpu name>/``) with the date, machine and
 command, and checks the targets of the benchmark issues (``--strict``:
 exit 1 when one fails). ``--readme`` also copies the table
-into README.md between the ``bench-<cpu|gpu>`` markers.
+into benchmarks/README.md between the ``bench-<cpu|gpu>`` markers.
 """
 import argparse
 import datetime
@@ -106,7 +106,8 @@ def parse_args(argv=None):
     p.add_argument('--strict', action='store_true',
                    help='exit 1 when a target fails')
     p.add_argument('--readme', action='store_true',
-                   help='write the table into README.md between markers')
+                   help='write the table into benchmarks/README.md between '
+                   'markers')
     p.add_argument('--worker', help=argparse.SUPPRESS)
     p.add_argument('--json', help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -252,12 +253,13 @@ def software():
 
 
 def write_readme(markdown, kind, name):
-    """Copy the report into README.md between the bench-<kind> markers."""
-    from mmpetl.analysis.report import write_between_markers
+    """Copy the report into benchmarks/README.md between the bench-<kind>
+    markers."""
+    from mmpetl.analysis.report import write_benchmark_section
     body = markdown.split('\n', 2)[2]  # drop the page title
-    body = body.replace(f']({name}', f'](benchmarks/results/{kind}/{name}')
+    body = body.replace(f']({name}', f'](results/{kind}/{name}')
     body = body.replace('\n# ', '\n#### ').replace('\n## ', '\n#### ')
-    write_between_markers(osp.join(ROOT, 'README.md'), f'bench-{kind}', body)
+    write_benchmark_section(ROOT, f'bench-{kind}', body)
 
 
 def main(argv=None):

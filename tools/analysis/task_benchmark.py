@@ -23,7 +23,7 @@ forward (mixed) vs one forward per task (switch + predict its images) vs
 the same batch under one task (what routing costs), timed in alternation.
 
 Writes ``tasks.{json,md}`` to ``--out-dir`` with date, machine and
-command (``--readme``: and into README.md). Time on a quiet machine:
+command (``--readme``: and into benchmarks/README.md). Time on a quiet machine:
 other jobs scale times unevenly.
 """
 import argparse
@@ -69,7 +69,7 @@ def parse_args(argv=None):
                                                  'cpu'))
     p.add_argument('--name', default='tasks')
     p.add_argument('--readme', action='store_true',
-                   help='copy the tables into README.md (tasks-bench '
+                   help='copy the tables into benchmarks/README.md (tasks-bench '
                    'markers)')
     args = p.parse_args(argv)
     if args.quick:
@@ -268,10 +268,9 @@ def main(argv=None):
     with open(osp.join(args.out_dir, args.name + '.md'), 'w') as f:
         f.write(text)
     if args.readme:
-        from mmpetl.analysis.report import write_between_markers
+        from mmpetl.analysis.report import write_benchmark_section
         body = text.split('\n', 2)[2].replace('\n## ', '\n#### ')
-        write_between_markers(osp.join(ROOT, 'README.md'), 'tasks-bench',
-                              body)
+        write_benchmark_section(ROOT, 'tasks-bench', body)
     print(text)
     return dict(header=header, rows=rows, mixed=mixed)
 

@@ -16,8 +16,8 @@ detection benchmarks use (sized for d=96 in ``METHODS``), optimised through
 ``PETLOptimWrapperConstructor`` (only trainable parameters in AdamW) with
 ``model.train_step`` - the Runner's own step - in a plain loop, which keeps
 a run to seconds. Writes ``benchmarks/results/cpu/vit_accuracy_transfer.{md,
-json}`` (and the README table between ``<!-- vit-accuracy:start/end -->``
-with ``--readme``).
+json}`` (and, with ``--readme``, the table in benchmarks/README.md between
+the ``<!-- vit-accuracy:start/end -->`` markers).
 """
 import argparse
 import copy
@@ -273,7 +273,8 @@ def parse_args(argv=None):
     p.add_argument('--work-dir', default='work_dirs/vit_accuracy_benchmark')
     p.add_argument('--out-dir', default=osp.join('benchmarks', 'results',
                                                  'cpu'))
-    p.add_argument('--readme', action='store_true')
+    p.add_argument('--readme', action='store_true',
+                   help='copy the table into benchmarks/README.md')
     return p.parse_args(argv)
 
 
@@ -317,8 +318,8 @@ def main(argv=None):
               'w') as f:
         json.dump(dict(header=header, rows=rows, runs=runs), f, indent=1)
     if args.readme:
-        from mmpetl.analysis.report import write_between_markers
-        write_between_markers(osp.join(ROOT, 'README.md'), 'vit-accuracy',
+        from mmpetl.analysis.report import write_benchmark_section
+        write_benchmark_section(ROOT, 'vit-accuracy',
                               text.split('\n', 2)[2])
 
 

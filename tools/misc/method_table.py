@@ -1,10 +1,10 @@
-"""Count every method on every architecture and write the README table.
+"""Count every method on every architecture and write the method tables.
 
-    python tools/misc/method_table.py [--write-readme]
+    python tools/misc/method_table.py [--write]
 
 Builds each config in configs/methods/ (full-size models, no data, no
-downloads) and counts its trainable parameters; with --write-readme the
-tables replace those between the README's method-table markers. Two
+downloads) and counts its trainable parameters; with --write the tables
+replace those between the method-table markers of docs/methods.md. Two
 tables: every method on DETR, Deformable DETR and ViT-B/16, and the methods
 shipped for the rest of the DETR family (DINO R50 and Swin-L, Conditional
 DETR, DAB-DETR).
@@ -65,6 +65,7 @@ METHODS = {
                  'every ViT layer, 10 prompts'),
 }
 START, END = '<!-- method-table:start -->', '<!-- method-table:end -->'
+DOC = osp.join('docs', 'methods.md')
 
 
 def method_configs():
@@ -119,7 +120,8 @@ def build_table(archs=ARCHS, only_shipped=False):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--write-readme', action='store_true')
+    parser.add_argument('--write', action='store_true',
+                        help=f'write the tables into {DOC}')
     args = parser.parse_args()
     missing = set(method_configs()) - set(METHODS)
     if missing:
@@ -143,14 +145,14 @@ def main():
              '`configs/methods/`; n/a: the method does not apply (VPT needs a '
              "ViT's token sequence).")
     print(table)
-    if args.write_readme:
-        readme = osp.join(ROOT, 'README.md')
-        text = open(readme).read()
+    if args.write:
+        doc = osp.join(ROOT, DOC)
+        text = open(doc).read()
         if START not in text:
-            sys.exit(f'README.md has no {START} marker')
+            sys.exit(f'{DOC} has no {START} marker')
         text = re.sub(re.escape(START) + '.*?' + re.escape(END),
                       START + '\n' + table + '\n' + END, text, flags=re.S)
-        open(readme, 'w').write(text)
+        open(doc, 'w').write(text)
 
 
 if __name__ == '__main__':
