@@ -14,7 +14,7 @@ test: install
 demo: install
 	$(PY) tools/demo/run_demo.py
 
-# Every benchmark table in the README (CPU; see benchmarks/README.md):
+# Every benchmark table in benchmarks/README.md (CPU):
 # speed/memory/parameters, detection accuracy on the demo transfer (reuses
 # the base `make demo` published, trains it if absent), ViT accuracy,
 # task switching and mixed-task batches.
@@ -26,6 +26,8 @@ benchmark: install
 	$(PY) tools/analysis/accuracy_benchmark.py --seeds $(SEEDS) --reuse --readme
 	$(PY) tools/analysis/vit_accuracy_benchmark.py --seeds $(SEEDS) --readme
 	$(PY) tools/analysis/task_benchmark.py --readme
+	$(PY) tools/analysis/prefix_ablation.py --seeds $(SEEDS) --reuse
+	$(PY) tools/analysis/optimizer_step_benchmark.py
 
 clean-venv:
 	rm -rf .venv
