@@ -17,7 +17,8 @@ demo: install
 # Every benchmark table in benchmarks/README.md (CPU):
 # speed/memory/parameters, detection accuracy on the demo transfer (reuses
 # the base `make demo` published, trains it if absent), ViT accuracy,
-# task switching and mixed-task batches.
+# task switching and mixed-task batches, the prefix ablation, the optimizer
+# step.
 SEEDS ?= 0 1 2
 BENCH_ARCHS ?= detr_r50_coco deformable-detr_r50_coco vit-b16_cifar100 \
 	dino-4scale_r50_coco
@@ -26,7 +27,7 @@ benchmark: install
 	$(PY) tools/analysis/accuracy_benchmark.py --seeds $(SEEDS) --reuse --readme
 	$(PY) tools/analysis/vit_accuracy_benchmark.py --seeds $(SEEDS) --readme
 	$(PY) tools/analysis/task_benchmark.py --readme
-	$(PY) tools/analysis/prefix_ablation.py --seeds $(SEEDS) --reuse
+	$(PY) tools/analysis/prefix_ablation.py --seeds $(SEEDS) --reuse --readme
 	$(PY) tools/analysis/optimizer_step_benchmark.py
 
 clean-venv:

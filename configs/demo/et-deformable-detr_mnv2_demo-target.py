@@ -13,7 +13,9 @@ _base_ = [
 # With the heads: 250k trainable of 5.0M, 4.96% (<= 10%).
 tuners = [
     dict(type='ParallelAdapter', presets=['ffn'], bottleneck=128, scale=1.0),
-    dict(type='ScaledPrefix', presets=['attn'], num_prefix=32),
+    # ETTA's default form and init, spelled out (_base_/tuners/etta.py)
+    dict(type='ScaledPrefix', presets=['attn'], num_prefix=32,
+         form='parallel', init='scaled'),
 ]
 detector = _base_.model
 model = dict(

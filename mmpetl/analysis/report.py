@@ -175,6 +175,8 @@ def markdown_report(rows: List[Dict], checks: List[Dict], header: Dict,
         'and decoder layers checkpointed (recomputed in backward).',
         '',
     ]
+    if header.get('load'):
+        lines[-1:-1] = [f"- machine load: {header['load']}"]
     if header.get('not_measured'):
         lines[-1:-1] = [f"- not measured (no config): "
                         f"{', '.join(header['not_measured'])}"]

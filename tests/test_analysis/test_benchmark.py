@@ -251,6 +251,7 @@ def test_benchmark_tool_end_to_end(tmp_path):
         'python tools/analysis/benchmark.py --configs')
     md = (out / 'speed_memory.md').read_text()
     assert '## tiny' in md and 'cores' in md
+    assert '- machine load: 1-min load average' in md  # is it quiet?
     assert (out / 'speed_memory.png').stat().st_size > 10_000
     assert (out / 'speed_memory_ckpt.png').stat().st_size > 10_000
     assert '](speed_memory_ckpt.png)' in md and '| saved MiB |' in md
@@ -347,3 +348,24 @@ def test_dino_rows_join_the_default_run_and_missing_pairs_are_listed():
                   command='c', setting='x', not_measured=skipped)
     assert 'not measured (no config): ' + ', '.join(skipped) in \
         markdown_report([], [], header)
+
+
+def test_readme_sections_keep_a_partial_run_apart(tmp_path, monkeypatch):
+    """``--readme`` with another ``--name`` writes its own section and
+    leaves the full table alone."""
+    bench = load_tool('tools/analysis/benchmark.py')
+    assert bench.readme_marker('cpu', 'speed_memory') == 'bench-cpu'
+    assert bench.readme_marker('gpu', 'ckpt_dino') == 'bench-gpu-ckpt_dino'
+    page = tmp_path / 'benchmarks' / 'README.md'
+    page.parent.mkdir()
+    page.write_text('<!-- bench-cpu:start -->\nfull\n<!-- bench-cpu:end -->\n'
+                    '<!-- bench-cpu-ckpt_dino:start -->\n'
+                    '<!-- bench-cpu-ckpt_dino:end -->\n')
+    monkeypatch.setattr(bench, 'ROOT', str(tmp_path))
+    bench.write_readme('# title\n\n![chart](ckpt_dino.png)\n## arch\nrow\n',
+                       'cpu', 'ckpt_dino')
+    text = page.read_text()
+    assert 'full' in text  # the full table stays
+    section = text.split('ckpt_dino:start -->')[1]
+    assert '](results/cpu/ckpt_dino.png)' in section
+    assert '#### arch' in section and 'title' not in section

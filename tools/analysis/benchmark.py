@@ -35,7 +35,8 @@ to the ``+ckpt`` rows) to ``--out-dir`` (default
 ``benchmarks/results/<cpu|gpu name>/``) with the date, machine and
 command, and checks the targets of the benchmark issues (``--strict``:
 exit 1 when one fails). ``--readme`` also copies the table
-into benchmarks/README.md between the ``bench-<cpu|gpu>`` markers.
+into benchmarks/README.md between the ``bench-<cpu|gpu>`` markers
+(``bench-<cpu|gpu>-<name>`` with another ``--name``).
 """
 import argparse
 import datetime
@@ -107,7 +108,8 @@ def parse_args(argv=None):
                    help='exit 1 when a target fails')
     p.add_argument('--readme', action='store_true',
                    help='write the table into benchmarks/README.md between '
-                   'markers')
+                   'the bench-<cpu|gpu> markers (bench-<cpu|gpu>-<name> '
+                   'with another --name)')
     p.add_argument('--worker', help=argparse.SUPPRESS)
     p.add_argument('--json', help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -252,14 +254,22 @@ def software():
             f'mmengine {mmengine.__version__}')
 
 
+def readme_marker(kind, name):
+    """The benchmarks page's section for a report: ``bench-<kind>`` for the
+    default ``--name``, ``bench-<kind>-<name>`` for another one (a partial
+    run then does not replace the full table)."""
+    return f'bench-{kind}' if name == 'speed_memory' else \
+        f'bench-{kind}-{name}'
+
+
 def write_readme(markdown, kind, name):
-    """Copy the report into benchmarks/README.md between the bench-<kind>
-    markers."""
+    """Copy the report into benchmarks/README.md between its markers
+    (:func:`readme_marker`)."""
     from mmpetl.analysis.report import write_benchmark_section
     body = markdown.split('\n', 2)[2]  # drop the page title
     body = body.replace(f']({name}', f'](results/{kind}/{name}')
     body = body.replace('\n# ', '\n#### ').replace('\n## ', '\n#### ')
-    write_benchmark_section(ROOT, f'bench-{kind}', body)
+    write_benchmark_section(ROOT, readme_marker(kind, name), body)
 
 
 def main(argv=None):
@@ -278,6 +288,7 @@ def main(argv=None):
     out_dir = args.out_dir or osp.join(ROOT, 'benchmarks', 'results', kind)
     os.makedirs(out_dir, exist_ok=True)
     configs, skipped = config_list(args)
+    load_start = os.getloadavg()[0]
     if skipped:
         print(f'[benchmark] not measured (no config): {", ".join(skipped)}',
               flush=True)
@@ -309,7 +320,11 @@ def main(argv=None):
                  f"{s['cls_batch']} at {s['cls_size']}, {args.warmup} "
                  f"warm-up + {args.iters} timed steps, random weights and "
                  f"synthetic data (speed and memory do not depend on them)"),
-        not_measured=skipped)
+        not_measured=skipped,
+        load=(f'1-min load average {load_start:.2f} at the start, '
+              f'{os.getloadavg()[0]:.2f} at the end, on {os.cpu_count()} '
+              f'CPUs (one benchmark process at a time; compare it with '
+              f'the CPU count: a second job on the machine skews ratios)'))
     chart = plot_chart(rows, osp.join(out_dir, f'{args.name}.png'),
                        title=f"{header['device_kind']}: {s['device']}, "
                        f"{s['amp'] or 'fp32'}, {header['date']}")

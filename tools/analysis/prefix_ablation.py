@@ -19,7 +19,9 @@ the weight-decay policy) differ:
   attention always takes the parallel form);
 * baselines: heads-only, parallel adapter alone, LoRA, full fine-tuning;
 * ETTA (parallel-scaled) with weight decay on tuner biases, norms, scales
-  and prefixes (``+decay``: the policy before the prefix issue);
+  and prefixes (``+decay``: the policy before the prefix issue), and with
+  the prefixes at 3x / 10x the adapters' lr (``+prefix-lr3``,
+  ``+prefix-lr10``: does a per-type lr multiplier matter?);
 * detection only: LoRA with Deformable DETR's sampling offsets at the
   tuner lr (``lora:offsets-lr1``, the policy before issue 11) and without
   LoRA on the offsets (``lora:no-offsets``), beside the default
@@ -73,6 +75,7 @@ def vit_prefixes(name):
 
 PREFIX_VARIANTS = ['old', 'joint-scaled', 'parallel-scaled',
                    'joint-activations', 'parallel-activations']
+PREFIX_LR_MULTS = (3, 10)
 DECAY_ALL = dict(norm_decay_mult=1.0, bias_decay_mult=1.0,
                  tuner_token_decay_mult=1.0)
 
@@ -91,6 +94,11 @@ def detection_variants():
     out['etta:parallel-scaled+decay'] = (
         ET_CONFIG, dict(tuners=[adapter] + det_prefixes('parallel-scaled')),
         {f'optim_wrapper.paramwise_cfg.{k}': v for k, v in DECAY_ALL.items()})
+    for mult in PREFIX_LR_MULTS:
+        out[f'etta:parallel-scaled+prefix-lr{mult}'] = (
+            ET_CONFIG, dict(tuners=[adapter] + [
+                dict(t, lr_mult=mult)
+                for t in det_prefixes('parallel-scaled')]), {})
     out['lora:offsets-lr1'] = (
         ET_CONFIG, dict(tuners=[lora]),
         {'optim_wrapper.paramwise_cfg.tuner_follow_keys': []})
@@ -111,10 +119,14 @@ def vit_variants():
         out[f'etta:{v}'] = (dict(tuners=[adapter] + vit_prefixes(v)), None)
     out['etta:parallel-scaled+decay'] = (
         dict(tuners=[adapter] + vit_prefixes('parallel-scaled')), DECAY_ALL)
+    for mult in PREFIX_LR_MULTS:
+        out[f'etta:parallel-scaled+prefix-lr{mult}'] = (
+            dict(tuners=[adapter] + [dict(t, lr_mult=mult) for t in
+                                     vit_prefixes('parallel-scaled')]), None)
     return out
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--tasks', nargs='+', default=['detection', 'vit'],
                    choices=['detection', 'vit'])
@@ -129,8 +141,12 @@ def parse_args():
     p.add_argument('--iters', type=int, help='detection iterations '
                    '(tests only; the table is for 200)')
     p.add_argument('--vit-iters', type=int, default=250)
+    p.add_argument('--vit-base-iters', type=int, default=800,
+                   help='iterations of the ViT base (tests only)')
     p.add_argument('--reuse', action='store_true')
-    return p.parse_args()
+    p.add_argument('--readme', action='store_true',
+                   help='copy the tables into benchmarks/README.md')
+    return p.parse_args(argv)
 
 
 def _runs_file(args, task):
@@ -207,6 +223,7 @@ def run_vit(args):
     from mmengine.registry import init_default_scope
     init_default_scope('mmpretrain')
     vit_args = vit.parse_args(['--iters', str(args.vit_iters),
+                               '--base-iters', str(args.vit_base_iters),
                                '--work-dir', osp.join(args.work_dir, 'vit')])
     base_state, base_path, base_top1 = vit.train_base(vit_args)
     target = vit.load_split([5, 6, 7, 8, 9])
@@ -272,16 +289,18 @@ def plot(results, path):
                     if points:
                         ax.plot(*zip(*points), marker='.',
                                 label=f"{name[5:]} ({kind[:-6] or 'MHA'})")
-            ax.set_title(f'{task}: prefix {"scale s" if stat == "scale" else "share lambda"} (ETTA, seed 0)')
+            what = 'scale s' if stat == 'scale' else 'share lambda'
+            ax.set_title(f'{task}: prefix {what} (ETTA, seed 0)')
             ax.set_xlabel('iteration')
             ax.set_yscale('symlog', linthresh=1e-3)
-            ax.legend(fontsize=6)
+            if ax.lines:
+                ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     results, bases, sections, rows_out = {}, {}, [], {}
     for task in args.tasks:
         runs, base = (run_detection if task == 'detection' else run_vit)(
@@ -314,6 +333,14 @@ def main():
                        runs={t: list(r.values())
                              for t, r in results.items()}), f, indent=1)
     plot(results, osp.join(args.out_dir, 'prefix_ablation.png'))
+    if args.readme:
+        from mmpetl.analysis.report import write_benchmark_section
+        rel = osp.relpath(args.out_dir, osp.join(ROOT, 'benchmarks'))
+        write_benchmark_section(ROOT, 'prefix-ablation', '\n'.join(
+            [f'- {k}: {v}' for k, v in header.items()] + [''] +
+            [s.replace('## ', '#### ', 1) for s in sections] +
+            [f'![prefix scale and share trajectories]'
+             f'({rel}/prefix_ablation.png)']))
     print(text)
 
 

@@ -44,8 +44,9 @@ METHODS = {
     'prefix': ('prefix tuning', 'softmax(q[P_k;K]) [P_v;V]',
                'every attention, l=50'),
     'etta': ('ETTA (ET-*)',
-             'adapters in FFNs + scaled prefix (1-λ)Attn + s·λ·Attn_P; '
-             'MSDA: + s·W_o·Attn(q,P_k,P_v)',
+             'adapters in FFNs + scaled prefix Attn + s·Attn(Q,P_k,P_v) '
+             "(form='parallel'; ETTA's joint (1-λ)Attn + s·λ·Attn_P: "
+             "form='joint'); MSDA: + s·W_o·Attn(q,P_k,P_v)",
              'every FFN (b=256) and attention (l=50)'),
     'utuning': ('U-Tuning, Dual-U-Tuner', 'OP(x) + U(x)',
                 'every attention and FFN, b=64'),

@@ -12,10 +12,14 @@
 # DETR-R101). `tools/misc/plan_budget.py` picks b and l for other budgets.
 tuners = [
     dict(type='ParallelAdapter', presets=['ffn'], bottleneck=256, scale=1.0),
-    # ScaledPrefix builds the additive prefix branch (s starts at 0) on
-    # MultiScaleDeformableAttention, and prefix keys/values on
-    # MultiheadAttention.
-    dict(type='ScaledPrefix', presets=['attn'], num_prefix=50),
+    # Scaled prefixes in every attention: Attn + s * Attn(Q, P_k, P_v)
+    # (form='parallel', exact at init: s = 1 learnable, P_v = 0, P_k at the
+    # scale of the host's keys: init='scaled'); on deformable attention the
+    # branch s * W_o * Attn(q, P_k, P_v). ETTA's own joint softmax is
+    # form='joint'. The choice is measured in benchmarks/README.md (prefix
+    # ablation): the parallel form learned more in both transfers.
+    dict(type='ScaledPrefix', presets=['attn'], num_prefix=50,
+         form='parallel', init='scaled'),
 ]
 # Beyond the tuners and the heads (the architecture config names them),
 # ETTA trains nothing.
