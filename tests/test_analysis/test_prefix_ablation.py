@@ -56,3 +56,11 @@ def test_tiny_vit_ablation_writes_tables_and_trajectories(tmp_path):
     table = (out / 'prefix_ablation.md').read_text()
     assert '| prefix:old |' in table and 'vs heads-only' in table
     assert (out / 'prefix_ablation.png').stat().st_size > 0
+    # --report-only trains nothing: a variant without runs has no row
+    ablation.main([
+        '--tasks', 'vit', '--seeds', '0', '--vit-base-iters', '3',
+        '--work-dir', str(tmp_path / 'w'), '--out-dir', str(out),
+        '--report-only', '--variants', 'heads-only', 'lora'])
+    result = json.loads((out / 'prefix_ablation.json').read_text())
+    assert {r['method'] for r in result['rows']['vit']} == {
+        'heads-only', 'prefix:old', 'etta:parallel-scaled+prefix-lr10'}

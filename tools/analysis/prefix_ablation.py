@@ -30,7 +30,9 @@ the weight-decay policy) differ:
 The TunerHealthHook (detection) and a TunerProbe (ViT) record the prefix
 scale s and share lam every 10 iterations; seed 0's trajectories go to the
 PNG. Writes ``benchmarks/results/cpu/prefix_ablation.{md,json,png}``;
-finished runs are reused from ``<work-dir>/*/runs.json`` with ``--reuse``.
+finished runs are reused from ``<work-dir>/*/runs.json`` with ``--reuse``;
+``--report-only`` trains nothing and reports the finished runs (a variant
+may then have fewer seeds: the table lists each one's).
 """
 import argparse
 import datetime
@@ -144,6 +146,9 @@ def parse_args(argv=None):
     p.add_argument('--vit-base-iters', type=int, default=800,
                    help='iterations of the ViT base (tests only)')
     p.add_argument('--reuse', action='store_true')
+    p.add_argument('--report-only', action='store_true',
+                   help='train nothing: the tables from the finished runs '
+                   'of <work-dir>/*/runs.json (implies --reuse)')
     p.add_argument('--readme', action='store_true',
                    help='copy the tables into benchmarks/README.md')
     return p.parse_args(argv)
@@ -200,12 +205,12 @@ def run_detection(args):
         work_dir=args.demo_work_dir, data_root=args.data_root,
         reuse_base=True))
     path = _runs_file(args, 'detection')
-    runs = _load(path) if args.reuse else {}
+    runs = _load(path) if args.reuse or args.report_only else {}
     variants = detection_variants()
     for seed in args.seeds:
         for name in _wanted(args, variants):
             if (name, seed) in runs and runs[(name, seed)]['base'] == \
-                    osp.basename(base_path):
+                    osp.basename(base_path) or args.report_only:
                 continue
             config, overrides, options = variants[name]
             print(f'[ablation] detection {name} seed {seed} ...', flush=True)
@@ -216,6 +221,8 @@ def run_detection(args):
             print(f"[ablation]   mAP {run['bbox_mAP']:.3f}", flush=True)
             runs[(name, seed)] = run
             _save(path, runs)
+    runs = {k: v for k, v in runs.items()  # runs of an older base: not
+            if v['base'] == osp.basename(base_path)}  # comparable
     return runs, f'{osp.basename(base_path)} (the demo base)'
 
 
@@ -228,11 +235,11 @@ def run_vit(args):
     base_state, base_path, base_top1 = vit.train_base(vit_args)
     target = vit.load_split([5, 6, 7, 8, 9])
     path = _runs_file(args, 'vit')
-    runs = _load(path) if args.reuse else {}
+    runs = _load(path) if args.reuse or args.report_only else {}
     variants = vit_variants()
     for seed in args.seeds:
         for name in _wanted(args, variants):
-            if (name, seed) in runs:
+            if (name, seed) in runs or args.report_only:
                 continue
             spec, paramwise = variants[name]
             print(f'[ablation] vit {name} seed {seed} ...', flush=True)
@@ -260,9 +267,10 @@ def table(runs, metric, label):
         def diff(ref):
             return '–' if ref is None else \
                 f"{100 * (r['mean'] - ref['mean']):+.1f} pt"
+        std = '–' if len(r['values']) < 2 else f"{r['std']:.3f}"
         lines.append(
             f"| {r['method']} | {r['trainable_pct']:.2f}% | "
-            f"{r['mean']:.3f} | {r['std']:.3f} | "
+            f"{r['mean']:.3f} | {std} | "
             f"{', '.join(f'{v:.3f}' for v in r['values'])} | {diff(heads)} "
             f"| {diff(adapter)} |")
     return rows, '\n'.join(lines)
