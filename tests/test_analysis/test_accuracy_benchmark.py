@@ -96,6 +96,12 @@ def test_accuracy_benchmark_end_to_end(tmp_path):
     assert all(r['seeds'] == [0] for r in rows.values())
     assert result['runs'][0]['iters'] == 1
     assert '| lora |' in (out / 'accuracy_transfer.md').read_text()
+    # each run logs into its own folder (MMEngine's visualizer is one per
+    # name and process: the runs must not share it)
+    for method in ('heads-only', 'lora'):
+        logs = list((tmp_path / 'work' / f'{method}_seed0').rglob(
+            'vis_data/2*.json'))
+        assert len(logs) == 1 and 'coco/bbox_mAP' in logs[0].read_text()
     # finished runs are reused, not trained again
     again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0, again.stderr[-3000:]

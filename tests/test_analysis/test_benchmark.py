@@ -313,10 +313,18 @@ def test_default_methods_skip_the_pairs_without_a_config():
     assert ('vit-b16_cifar100', 'etta') in methods
     assert ('vit-b16_cifar100', 'etta+ckpt') not in methods
     assert 'etta+ckpt_vit-b16_cifar100' in skipped
-    # a method asked for by name must exist for every architecture asked
-    with pytest.raises(SystemExit, match='no config configs/methods/'
-                       'etta\\+ckpt_vit-b16_cifar100.py'):
-        tool.config_list(tool.parse_args(['--methods', 'etta+ckpt']))
+    # a method asked for by name runs where it ships, the other pairs are
+    # listed; one that ships for none of the archs asked (a typo) stops
+    pairs, skipped = tool.config_list(tool.parse_args(
+        ['--methods', 'etta+ckpt']))
+    assert {m for _, m, _ in pairs} == {'full-ft', 'etta+ckpt'}
+    assert skipped == ['etta+ckpt_vit-b16_cifar100']
+    with pytest.raises(SystemExit, match="no config for method 'etta\\+ckpt'"
+                       " on any of \\['vit-b16_cifar100'\\]"):
+        tool.config_list(tool.parse_args(
+            ['--archs', 'vit-b16_cifar100', '--methods', 'etta+ckpt']))
+    with pytest.raises(SystemExit, match="method 'eta'"):
+        tool.config_list(tool.parse_args(['--methods', 'eta']))
 
 
 def test_amp_on_cpu_is_refused_with_the_reason():
@@ -330,7 +338,7 @@ def test_amp_on_cpu_is_refused_with_the_reason():
 def test_dino_rows_join_the_default_run_and_missing_pairs_are_listed():
     """--archs with DINO and the default methods: DINO's shipped configs
     run in the same run, its pairs without a config are reported as not
-    measured; a method named explicitly must exist."""
+    measured; a method named explicitly must exist for one arch."""
     tool = load_tool('tools/analysis/benchmark.py')
     assert 'dino-4scale_r50_coco' in tool.EXTRA_ARCHS
     args = tool.parse_args(['--archs', 'detr_r50_coco',
@@ -340,10 +348,16 @@ def test_dino_rows_join_the_default_run_and_missing_pairs_are_listed():
     assert {'full-ft', 'etta', 'lora'} <= dino
     assert 'unipt_dino-4scale_r50_coco' in skipped
     assert not any(s.endswith('_detr_r50_coco') for s in skipped)
-    with pytest.raises(SystemExit, match='no config configs/methods/'
-                       'unipt_dino-4scale_r50_coco.py'):
+    with pytest.raises(SystemExit, match="no config for method 'unipt'"):
         tool.config_list(tool.parse_args([
             '--archs', 'dino-4scale_r50_coco', '--methods', 'unipt']))
+    # with explicit methods too, DINO's missing pairs are listed
+    configs, skipped = tool.config_list(tool.parse_args([
+        '--archs', 'detr_r50_coco', 'dino-4scale_r50_coco', '--methods',
+        'etta', 'unipt']))
+    assert ('dino-4scale_r50_coco', 'etta') in {(a, m) for a, m, _ in
+                                                configs}
+    assert skipped == ['unipt_dino-4scale_r50_coco']
     header = dict(device_kind='CPU', date='d', machine='m', software='s',
                   command='c', setting='x', not_measured=skipped)
     assert 'not measured (no config): ' + ', '.join(skipped) in \

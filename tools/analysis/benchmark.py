@@ -168,12 +168,26 @@ def config_list(args):
         return out, []
     methods = ['full-ft'] + [m for m in args.methods or METHODS
                              if m != 'full-ft']
+
+    def path_of(method, arch):
+        return osp.join(ROOT, 'configs', 'methods', f'{method}_{arch}.py')
+
+    # a method named on the command line must exist for one of the archs
+    # (a typo stops the run); pairs that do not ship are listed, as with
+    # the default methods, and full fine-tuning (every ratio's reference)
+    # must exist for each arch
+    for method in args.methods or []:
+        if not any(osp.exists(path_of(method, a)) for a in args.archs):
+            raise SystemExit(
+                f'no config for method {method!r} on any of {args.archs} '
+                f'(configs/methods/{method}_<arch>.py): see configs/methods/ '
+                f'for the available pairs')
     out, skipped = [], []
     for arch in args.archs:
         for method in methods:
-            path = osp.join(ROOT, 'configs', 'methods', f'{method}_{arch}.py')
+            path = path_of(method, arch)
             if not osp.exists(path):
-                if args.methods is None and method != 'full-ft':
+                if method != 'full-ft':
                     skipped.append(f'{method}_{arch}')
                     continue
                 raise SystemExit(

@@ -19,6 +19,7 @@ Nothing is downloaded. ``--reuse-base`` skips step 2 when a published base
 from an earlier run is there.
 """
 import argparse
+import itertools
 import json
 import os
 import os.path as osp
@@ -59,10 +60,19 @@ class _KeepMetrics(Hook):
         self.metrics = dict(metrics or {})
 
 
+_RUN_INDEX = itertools.count()
+
+
 def _cfg(name, work_dir, data_root, **options):
     cfg = Config.fromfile(osp.join(CONFIGS, name))
     cfg.work_dir = work_dir
     cfg.merge_from_dict(options)
+    # MMEngine keeps one visualizer per name for the whole process: under
+    # the config's fixed name every later Runner of this process would log
+    # its scalars (and the TunerHealthHook's) into the first run's folder
+    if cfg.get('visualizer'):
+        cfg.visualizer.name = (f"{cfg.visualizer.get('name', 'visualizer')}"
+                               f"-{osp.basename(work_dir)}-{next(_RUN_INDEX)}")
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         cfg[key].dataset.data_root = data_root
     for key in ('val_evaluator', 'test_evaluator'):
