@@ -78,6 +78,8 @@ def vit_prefixes(name):
 PREFIX_VARIANTS = ['old', 'joint-scaled', 'parallel-scaled',
                    'joint-activations', 'parallel-activations']
 PREFIX_LR_MULTS = (3, 10)
+#: the host a prefix tuner type attends in, for the plot's legends
+HOST_OF = {'ScaledPrefix': 'attention', 'DeformablePrefix': 'deformable'}
 DECAY_ALL = dict(norm_decay_mult=1.0, bias_decay_mult=1.0,
                  tuner_token_decay_mult=1.0)
 
@@ -296,7 +298,7 @@ def plot(results, path):
                               if stat in stats.get(kind, {})]
                     if points:
                         ax.plot(*zip(*points), marker='.',
-                                label=f"{name[5:]} ({kind[:-6] or 'MHA'})")
+                                label=f'{name[5:]} ({HOST_OF[kind]})')
             what = 'scale s' if stat == 'scale' else 'share lambda'
             ax.set_title(f'{task}: prefix {what} (ETTA, seed 0)')
             ax.set_xlabel('iteration')
