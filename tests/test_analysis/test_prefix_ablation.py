@@ -64,3 +64,21 @@ def test_tiny_vit_ablation_writes_tables_and_trajectories(tmp_path):
     result = json.loads((out / 'prefix_ablation.json').read_text())
     assert {r['method'] for r in result['rows']['vit']} == {
         'heads-only', 'prefix:old', 'etta:parallel-scaled+prefix-lr10'}
+
+
+def test_report_only_keeps_one_base_and_trains_nothing(tmp_path):
+    """A base published after the runs (``make demo`` again) must not empty
+    the detection table: --report-only reports the base with most runs."""
+    runs = [dict(method='heads-only', seed=s, base='old.pth') for s in
+            (0, 1)] + [dict(method='adapter', seed=0, base='new.pth')]
+    folder = tmp_path / 'detection'
+    folder.mkdir()
+    (folder / 'runs.json').write_text(json.dumps(runs))
+    args = ablation.parse_args(['--work-dir', str(tmp_path),
+                                '--report-only', '--data-root',
+                                str(tmp_path / 'absent')])
+    kept, base = ablation.run_detection(args)
+    assert set(kept) == {('heads-only', 0), ('heads-only', 1)}
+    assert all(r['base'] == 'old.pth' for r in kept.values())
+    assert base.startswith('old.pth')
+    assert not (tmp_path / 'absent').exists()  # no dataset, no base made

@@ -35,6 +35,7 @@ finished runs are reused from ``<work-dir>/*/runs.json`` with ``--reuse``;
 may then have fewer seeds: the table lists each one's).
 """
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -199,6 +200,13 @@ def _health_trajectory(work_dir):
 
 
 def run_detection(args):
+    path = _runs_file(args, 'detection')
+    if args.report_only:  # the runs' own base, whatever was published since
+        runs = _load(path)
+        counts = collections.Counter(r['base'] for r in runs.values())
+        base = counts.most_common(1)[0][0] if counts else 'none'
+        return ({k: v for k, v in runs.items() if v['base'] == base},
+                f'{base} (the demo base with the most runs)')
     det_args = argparse.Namespace(work_dir=osp.join(args.work_dir,
                                                     'detection'),
                                   data_root=args.data_root, iters=args.iters)
@@ -206,13 +214,12 @@ def run_detection(args):
     base_path, _ = det.run_demo.train_base(argparse.Namespace(
         work_dir=args.demo_work_dir, data_root=args.data_root,
         reuse_base=True))
-    path = _runs_file(args, 'detection')
-    runs = _load(path) if args.reuse or args.report_only else {}
+    runs = _load(path) if args.reuse else {}
     variants = detection_variants()
     for seed in args.seeds:
         for name in _wanted(args, variants):
             if (name, seed) in runs and runs[(name, seed)]['base'] == \
-                    osp.basename(base_path) or args.report_only:
+                    osp.basename(base_path):
                 continue
             config, overrides, options = variants[name]
             print(f'[ablation] detection {name} seed {seed} ...', flush=True)
