@@ -341,12 +341,6 @@ def plot_ckpt_chart(rows: List[Dict], path: str,
     return path
 
 
-def summary_rows(rows: Sequence[Dict]) -> List[Dict]:
-    """Drop the per-step time lists (kept in the JSON only)."""
-    return [{k: v for k, v in r.items() if k != 'step_times_ms'}
-            for r in rows]
-
-
 #: where benchmark tools copy their tables (``--readme``)
 BENCHMARK_PAGE = osp.join('benchmarks', 'README.md')
 
