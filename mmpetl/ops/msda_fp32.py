@@ -1,4 +1,12 @@
-"""Multi-scale deformable attention in fp32 inside autocast (``--amp``).
+"""Which multi-scale deformable attention runs, in fp32 inside autocast.
+
+Off CUDA, MMCV runs its PyTorch fallback; mmpetl replaces it with
+:func:`mmpetl.ops.ms_deform_attn` (same function, keeps only its inputs for
+backward, as MMCV's CUDA op does: see :mod:`mmpetl.ops.msda`).
+``msda_fallback('mmcv')`` runs MMCV's own fallback instead (benchmarks,
+tests).
+
+fp32 inside autocast (``--amp``):
 
 MMCV 2.1's CUDA op has no bf16 kernel (NotImplementedError under bf16
 autocast) and, under fp16 autocast, casts the sampling locations and
@@ -10,11 +18,35 @@ autocast off: values, sampling locations and attention weights in fp32.
 Everything around the op (the Linear projections) still runs in the
 autocast dtype.
 """
+import contextlib
+from typing import Iterator
+
 import torch
 
-__all__ = ['patch_msda_fp32', 'msda_backend']
+from .msda import ms_deform_attn_pytorch
+
+__all__ = ['patch_msda_fp32', 'msda_backend', 'msda_fallback']
 
 _PATCHED = False
+#: the PyTorch fallback that runs: 'mmpetl' (keeps its inputs) or 'mmcv'
+_FALLBACK = {'kind': 'mmpetl'}
+FALLBACKS = ('mmpetl', 'mmcv')
+
+
+@contextlib.contextmanager
+def msda_fallback(kind: str) -> Iterator:
+    """Run deformable attention off CUDA with ``kind``'s PyTorch code:
+    ``'mmpetl'`` (the default; :func:`mmpetl.ops.ms_deform_attn`) or
+    ``'mmcv'`` (MMCV's ``multi_scale_deformable_attn_pytorch``, which keeps
+    every bilinear sample for backward). Same function, same gradients."""
+    if kind not in FALLBACKS:
+        raise ValueError(f'msda_fallback: {kind!r} is none of {FALLBACKS}')
+    before = _FALLBACK['kind']
+    _FALLBACK['kind'] = kind
+    try:
+        yield
+    finally:
+        _FALLBACK['kind'] = before
 
 
 def _fp32(tensor: torch.Tensor) -> torch.Tensor:
@@ -40,19 +72,20 @@ def _fp32_pytorch_fallback(original):
 
     def msda_pytorch_fp32(value, spatial_shapes, sampling_locations,
                           attention_weights):
+        run = original if _FALLBACK['kind'] == 'mmcv' else \
+            ms_deform_attn_pytorch
         with torch.autocast(device_type=value.device.type, enabled=False):
-            return original(_fp32(value), spatial_shapes,
-                            _fp32(sampling_locations),
-                            _fp32(attention_weights))
+            return run(_fp32(value), spatial_shapes,
+                       _fp32(sampling_locations), _fp32(attention_weights))
 
     msda_pytorch_fp32.original = original
     return msda_pytorch_fp32
 
 
 def patch_msda_fp32() -> None:
-    """Install the fp32 wrappers in ``mmcv.ops.multi_scale_deform_attn``
-    (where ``MultiScaleDeformableAttention.forward`` looks them up).
-    Idempotent."""
+    """Install the fp32 wrappers, and mmpetl's PyTorch fallback, in
+    ``mmcv.ops.multi_scale_deform_attn`` (where
+    ``MultiScaleDeformableAttention.forward`` looks them up). Idempotent."""
     global _PATCHED
     if _PATCHED:
         return
@@ -71,5 +104,8 @@ def msda_backend(device: torch.device) -> str:
         return "MMCV's CUDA op (ext_module.ms_deform_attn_forward), fp32"
     if device.type == 'mlu' and msda.IS_MLU_AVAILABLE:
         return "MMCV's MLU op, fp32"
-    return ('PyTorch fallback (grid_sample; MMCV runs its CUDA op only for '
-            'CUDA tensors), fp32')
+    which = ("MMCV's multi_scale_deformable_attn_pytorch"
+             if _FALLBACK['kind'] == 'mmcv' else
+             'mmpetl.ops.ms_deform_attn, keeps its inputs only')
+    return (f'PyTorch fallback ({which}; grid_sample; MMCV runs its CUDA op '
+            f'only for CUDA tensors), fp32')
