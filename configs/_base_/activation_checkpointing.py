@@ -11,5 +11,7 @@
 # variable rather than `model = dict(...)` here.) Presets: encoder_layers,
 # decoder_layers, backbone_stages (ResNet stages, ViT layers); module names
 # work too. Nothing to recompute in a layer no gradient passes through (a
-# frozen layer before the first tuner): it runs as is.
+# frozen layer before the first tuner): it runs as is. The layers' forward
+# keeps their dropout masks (CPU) and deformable attention outputs for the
+# recomputation; dict(layers=[...], keep=[]) recomputes everything.
 activation_checkpointing = ['encoder_layers', 'decoder_layers']

@@ -12,11 +12,13 @@ when it was saved (module forward pre-hooks and hooks keep a stack):
   outside any child (the detector's loss glue) as ``(outside modules)``;
 * ``by_layer``: the same per module path of up to three components
   (``encoder.layers.0``);
-* ``checkpoint_inputs``: the inputs of layers run under activation
-  checkpointing (:mod:`mmpetl.models.checkpointing`). Autograd's hooks do
-  not see them (the checkpoint holds them itself); they are heard of
-  through :func:`mmpetl.models.observe_checkpoint_inputs` and counted,
-  under the running module, like saved tensors.
+* ``checkpoint_inputs``: what layers run under activation checkpointing
+  (:mod:`mmpetl.models.checkpointing`) hold until backward: their inputs
+  and what they keep for the recomputation (dropout masks, deformable
+  attention outputs). Heard of through
+  :func:`mmpetl.models.observe_checkpoint_inputs` and counted, under the
+  running module, like saved tensors (a storage once, also where torch's
+  checkpoint saves its inputs through autograd's hooks).
 
 Each storage counts once, at its first save, in MiB of its whole storage
 (a saved view keeps all of it alive); parameters and buffers are not
@@ -58,6 +60,7 @@ class _Recorder:
         self.by_layer: Dict[str, int] = defaultdict(int)
         self.counts: Dict[str, int] = defaultdict(int)
         self.checkpoint_inputs = 0
+        self.held_ptrs = set()
 
     def where(self):
         if not self.stack:
@@ -86,7 +89,16 @@ class _Recorder:
         return tensor
 
     def held(self, name: str, tensors: List[torch.Tensor]) -> None:
-        self.checkpoint_inputs += sum(self.add(t) for t in tensors)
+        # torch's checkpoint may already have saved its inputs through the
+        # hooks (counted there, under the same module): count each held
+        # storage once here as well
+        for tensor in tensors:
+            self.add(tensor)
+            storage = tensor.untyped_storage()
+            if tensor.device.type != 'meta' and \
+                    storage.data_ptr() not in self.held_ptrs:
+                self.held_ptrs.add(storage.data_ptr())
+                self.checkpoint_inputs += storage.nbytes()
 
 
 def saved_tensors_by_module(model: nn.Module, fn: Callable[[], object],

@@ -16,14 +16,27 @@ preserve_rng_state=True)``. No wrapper module is inserted, so every
 state-dict key stays the vanilla model's; a deepcopy of the model (an EMA
 copy) checkpoints its own copies of the layers.
 
+What the forward keeps for the recomputation (``keep``, default both;
+:mod:`mmpetl.ops.replay`): ``'dropout_masks'``, the masks of the layer's
+``nn.Dropout`` on CPU tensors (a CPU draws random numbers slowly; the
+recomputation replays them, bit-identical), and ``'ms_deform_attn'``, the
+output of mmpetl's PyTorch deformable attention (the costliest op of a
+Deformable DETR layer on a CPU; its own backward samples again from the
+recomputed inputs). ``keep=[]`` recomputes everything::
+
+    activation_checkpointing=dict(layers=['encoder_layers'], keep=[])
+
 Memory and time, per checkpointed layer and step:
 
 * kept until backward: the layer's input tensors (held by the checkpoint,
-  often shared between layers: positions, masks, reference points) instead
-  of every tensor autograd saves inside it; during backward, in addition,
-  the saved tensors of the one layer being recomputed;
-* time: one more forward of the layer (non-reentrant checkpointing stops
-  the recomputation once the tensors backward needs are rebuilt).
+  often shared between layers: positions, masks, reference points) and
+  what ``keep`` names (a byte per dropped element, one output per
+  deformable attention), instead of every tensor autograd saves inside it;
+  during backward, in addition, the saved tensors of the one layer being
+  recomputed;
+* time: one more forward of the layer, less what is kept (non-reentrant
+  checkpointing stops the recomputation once the tensors backward needs
+  are rebuilt).
 
 What stays exact (tested: the gradient of every trainable tensor equals
 the one without checkpointing):
@@ -67,12 +80,18 @@ from torch.utils.checkpoint import checkpoint
 from mmpetl.injection import (CHECKPOINT_PRESETS, detect_arch, format_table,
                               name_matches, nearest_names)
 from mmpetl.tuners import BaseTuner
+from mmpetl.ops.replay import REPLAYABLE, ReplayRecord, current_record
 
 __all__ = ['apply_activation_checkpointing', 'resolve_checkpoint_targets',
+           'parse_checkpoint_spec',
            'observe_checkpoint_inputs', 'checkpointing_table',
-           'CheckpointSpec']
+           'CheckpointSpec', 'DEFAULT_KEEP']
 
-CheckpointSpec = Union[str, Sequence[str], None]
+CheckpointSpec = Union[str, Sequence[str], Dict, None]
+
+#: what a checkpointed layer keeps for its recomputation by default (a
+#: list spec); the choices are :data:`mmpetl.ops.replay.REPLAYABLE`
+DEFAULT_KEEP = ('dropout_masks', 'ms_deform_attn')
 
 #: callbacks ``(layer_name, tensors)`` told what each checkpoint holds
 _OBSERVERS: List[Callable[[str, List[torch.Tensor]], None]] = []
@@ -83,15 +102,17 @@ def observe_checkpoint_inputs(
         callback: Callable[[str, List[torch.Tensor]], None]) -> Iterator:
     """Tell ``callback`` what every checkpoint taken inside keeps.
 
-    A checkpointed layer's inputs stay alive until backward, held by the
-    checkpoint rather than saved through autograd's saved-tensor hooks;
-    memory accounting (:mod:`mmpetl.analysis.saved_tensors`) hears of them
-    here.
+    A checkpointed layer's inputs, and what it keeps for its
+    recomputation (dropout masks, deformable attention outputs: ``keep``),
+    stay alive until backward, held by the checkpoint rather than saved
+    through autograd's saved-tensor hooks; memory accounting
+    (:mod:`mmpetl.analysis.saved_tensors`) hears of them here.
 
     Args:
         callback: called as ``callback(layer_name, tensors)`` each time a
-            layer runs under a checkpoint, with the tensors among its
-            arguments (nested lists/tuples/dicts included).
+            layer has run under a checkpoint, with the tensors among its
+            arguments (nested lists/tuples/dicts included) and those it
+            keeps.
     """
     _OBSERVERS.append(callback)
     try:
@@ -140,17 +161,77 @@ def _no_match_error(item: str, presets: Dict[str, str],
         f'string regex over whole module names.')
 
 
+def parse_checkpoint_spec(spec: CheckpointSpec):
+    """``(layers, keep)`` of an ``activation_checkpointing`` value.
+
+    Args:
+        spec: the layers (a preset, module names in a list, or one regex
+            string), or ``dict(layers=..., keep=[names])``; ``keep``
+            defaults to :data:`DEFAULT_KEEP` (choices:
+            :data:`mmpetl.ops.replay.REPLAYABLE`).
+
+    Returns:
+        tuple: the layers' spec (as :func:`resolve_checkpoint_targets`
+        takes it) and the tuple of ``keep`` names.
+
+    Raises:
+        ValueError: a dict with other keys, no ``layers``, or a ``keep``
+            name that is none of :data:`mmpetl.ops.replay.REPLAYABLE`.
+    """
+    if not isinstance(spec, dict):
+        return spec, DEFAULT_KEEP
+    unknown = sorted(set(spec) - {'layers', 'keep'})
+    if unknown or 'layers' not in spec:
+        raise ValueError(
+            f'activation_checkpointing as a dict takes `layers` (presets or '
+            f'module names) and optionally `keep` (any of {list(REPLAYABLE)}'
+            f'); got keys {sorted(spec)}. Example: '
+            f"dict(layers=['encoder_layers'], keep=[]).")
+    keep = spec.get('keep', DEFAULT_KEEP)
+    keep = (keep, ) if isinstance(keep, str) else tuple(keep or ())
+    bad = [k for k in keep if k not in REPLAYABLE]
+    if bad:
+        raise ValueError(
+            f'activation_checkpointing keep={list(keep)}: {bad} is nothing '
+            f'mmpetl can keep; choose from {list(REPLAYABLE)}, or [] to '
+            f'recompute everything.')
+    return spec['layers'], keep
+
+
+def _replayable_dropout(module: nn.Dropout, forward: Callable,
+                        input: torch.Tensor) -> torch.Tensor:
+    """``nn.Dropout.forward``, its mask kept or replayed inside a
+    checkpointed layer that keeps ``'dropout_masks'``."""
+    record = current_record()
+    if record is None or 'dropout_masks' not in record.keep or \
+            not module.training or not 0 < module.p < 1 or \
+            input.device.type != 'cpu':
+        return forward(input)
+    return record.dropout(input, module.p, module.inplace)
+
+
+def _attach_dropout_replay(layer: nn.Module) -> None:
+    for module in layer.modules():
+        forward = module.__dict__.get('forward')
+        if type(module) is nn.Dropout and not (
+                isinstance(forward, functools.partial)
+                and forward.func is _replayable_dropout):
+            module.forward = functools.partial(_replayable_dropout, module,
+                                               module.forward)
+
+
 def resolve_checkpoint_targets(model: nn.Module, spec: CheckpointSpec,
                                arch: Optional[str] = None) -> List[str]:
     """The names of the modules ``spec`` chooses, outermost only.
 
     Args:
         model (nn.Module): the model (names as its ``named_modules``).
-        spec (str | list[str] | None): presets of
+        spec (str | list[str] | dict | None): presets of
             :data:`~mmpetl.injection.CHECKPOINT_PRESETS` (``'encoder_layers'``,
             ``'decoder_layers'``, ``'backbone_stages'``) and/or module names
             in a list (exact or dotted suffix, as tuner ``targets``), or one
-            string: a preset name or a regex over whole module names.
+            string: a preset name or a regex over whole module names; or
+            ``dict(layers=<one of those>, keep=...)``.
         arch (str, optional): the presets' architecture; detected if None.
 
     Returns:
@@ -162,6 +243,7 @@ def resolve_checkpoint_targets(model: nn.Module, spec: CheckpointSpec,
             preset that matches no module, naming the nearest module
             names and the valid presets.
     """
+    spec, _ = parse_checkpoint_spec(spec)
     if spec is None:
         return []
     items = [spec] if isinstance(spec, str) else list(spec)
@@ -206,7 +288,7 @@ def _check_batchnorm(module: nn.Module, name: str) -> None:
 
 
 def _checkpointed_forward(module: nn.Module, forward: Callable, name: str,
-                          *args, **kwargs):
+                          keep: Sequence[str], *args, **kwargs):
     """``forward(*args, **kwargs)``, under a checkpoint when it saves."""
     keys = tuple(kwargs)
     flat = args + tuple(kwargs[k] for k in keys)
@@ -224,18 +306,21 @@ def _checkpointed_forward(module: nn.Module, forward: Callable, name: str,
                 logger='current')
         return forward(*args, **kwargs)
     _check_batchnorm(module, name)
-    for callback in list(_OBSERVERS):
-        callback(name, tensors)
     num_args = len(args)
+    record = ReplayRecord(keep) if keep else None
 
     def run(*inputs):
-        return forward(*inputs[:num_args],
-                       **dict(zip(keys, inputs[num_args:])))
+        with record.active() if record else contextlib.nullcontext():
+            return forward(*inputs[:num_args],
+                           **dict(zip(keys, inputs[num_args:])))
 
     # every argument positional: torch stashes the RNG state of the devices
     # of positional tensors only (see the module docstring)
-    return checkpoint(run, *flat, use_reentrant=False,
-                      preserve_rng_state=True)
+    out = checkpoint(run, *flat, use_reentrant=False, preserve_rng_state=True)
+    held = tensors + (record.tensors() if record is not None else [])
+    for callback in list(_OBSERVERS):  # what stays alive until backward
+        callback(name, held)
+    return out
 
 
 def _is_checkpointed(module: nn.Module) -> bool:
@@ -253,8 +338,9 @@ def apply_activation_checkpointing(model: nn.Module, spec: CheckpointSpec,
 
     Args:
         model (nn.Module): the inner model (tuners injected).
-        spec (str | list[str] | None): see
-            :func:`resolve_checkpoint_targets`.
+        spec (str | list[str] | dict | None): see
+            :func:`resolve_checkpoint_targets` and
+            :func:`parse_checkpoint_spec`.
         arch (str, optional): the presets' architecture; detected if None.
 
     Returns:
@@ -263,6 +349,7 @@ def apply_activation_checkpointing(model: nn.Module, spec: CheckpointSpec,
     names = resolve_checkpoint_targets(model, spec, arch)
     if not names:
         return []
+    _, keep = parse_checkpoint_spec(spec)
     modules = dict(model.named_modules())
     frozen = []
     for name in names:
@@ -272,13 +359,16 @@ def apply_activation_checkpointing(model: nn.Module, spec: CheckpointSpec,
                 f'`{name}` is checkpointed already: apply activation '
                 f'checkpointing once per model (PETLModel does it when '
                 f'built with `activation_checkpointing`).')
+        if 'dropout_masks' in keep:
+            _attach_dropout_replay(module)
         module.forward = functools.partial(_checkpointed_forward, module,
-                                           module.forward, name)
+                                           module.forward, name, keep)
         if not any(p.requires_grad for p in module.parameters()):
             frozen.append(name)
     print_log(
         f'mmpetl: activation checkpointing on {len(names)} modules '
-        f'({_summary(names)}), recomputed in backward', logger='current')
+        f'({_summary(names)}), recomputed in backward; kept for the '
+        f'recomputation: {list(keep) or "nothing"}', logger='current')
     if frozen:
         print_log(
             f'mmpetl: {len(frozen)} checkpointed modules hold no trainable '
@@ -294,7 +384,8 @@ def _summary(names: Sequence[str], num: int = 4) -> str:
                     if len(names) > num else '')
 
 
-def checkpointing_table(model: nn.Module, names: Sequence[str]) -> str:
+def checkpointing_table(model: nn.Module, names: Sequence[str],
+                        keep: Optional[Sequence[str]] = None) -> str:
     """One row per checkpointed module: its class, the trainable
     parameters and the tuners inside it.
 
@@ -302,6 +393,9 @@ def checkpointing_table(model: nn.Module, names: Sequence[str]) -> str:
         model (nn.Module): the model the names belong to.
         names (Sequence[str]): checkpointed module names (as recorded in
             ``PETLModel.checkpointed_layers``).
+        keep (Sequence[str], optional): what they keep for the
+            recomputation (``PETLModel.checkpoint_keep``), said in the
+            title.
 
     Returns:
         str: the table, or a line saying that nothing is checkpointed.
@@ -317,7 +411,9 @@ def checkpointing_table(model: nn.Module, names: Sequence[str]) -> str:
         tuners = sum(isinstance(m, BaseTuner) for m in module.modules())
         rows.append([name, type(module).__name__, f'{trainable:,}',
                      str(tuners)])
+    kept = '' if keep is None else \
+        f'; kept for the recomputation: {", ".join(keep) or "nothing"}'
     return (f'activation checkpointing: {len(names)} modules, recomputed in '
-            f'backward\n' + format_table(
+            f'backward{kept}\n' + format_table(
                 ['checkpointed module', 'type', 'trainable params',
                  'tuners inside'], rows))

@@ -46,7 +46,8 @@ from mmpetl.injection import (InjectedTuner, Targets, count_trainable, inject,
 from mmpetl.registry import MODELS
 from mmpetl.tuners import BaseTuner
 from mmpetl.utils import quiet_init_weights
-from .checkpointing import CheckpointSpec, apply_activation_checkpointing
+from .checkpointing import (CheckpointSpec, apply_activation_checkpointing,
+                            parse_checkpoint_spec)
 from .parallel import attach_parallel, check_parallel_trainable
 
 __all__ = ['PETLModel', 'build_inner_model']
@@ -132,12 +133,16 @@ class PETLModel(BaseModel):
         data_preprocessor (dict, optional): used by the inner model when its
             config has none (MMEngine's Runner passes a config's top-level
             ``data_preprocessor`` here).
-        activation_checkpointing (str | list[str], optional): layers whose
-            activations are recomputed in backward instead of kept: presets
-            (``'encoder_layers'``, ``'decoder_layers'``,
+        activation_checkpointing (str | list[str] | dict, optional):
+            layers whose activations are recomputed in backward instead of
+            kept: presets (``'encoder_layers'``, ``'decoder_layers'``,
             ``'backbone_stages'``) and/or module names, see
-            :func:`mmpetl.models.checkpointing.resolve_checkpoint_targets`.
-            The chosen names are in ``checkpointed_layers``.
+            :func:`mmpetl.models.checkpointing.resolve_checkpoint_targets`;
+            or ``dict(layers=..., keep=[...])`` to choose what their forward
+            keeps for the recomputation (default: dropout masks and
+            deformable attention outputs; ``[]``: nothing), see
+            :mod:`mmpetl.models.checkpointing`. The chosen names are in
+            ``checkpointed_layers``, what they keep in ``checkpoint_keep``.
     """
 
     def __init__(self,
@@ -182,6 +187,8 @@ class PETLModel(BaseModel):
         self.activation_checkpointing = _plain(activation_checkpointing)
         self.checkpointed_layers = apply_activation_checkpointing(
             inner, activation_checkpointing, arch)
+        self.checkpoint_keep = list(parse_checkpoint_spec(
+            activation_checkpointing)[1]) if self.checkpointed_layers else []
 
     # -- the inner model's members become ours (same objects) -------------
     def _share_inner_members(self, inner: nn.Module) -> None:

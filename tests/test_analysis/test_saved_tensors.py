@@ -91,12 +91,16 @@ def test_a_trainable_backbone_part_keeps_backbone_activations(etta):
     assert by['backbone'] > 0 and by['neck'] > 0
 
 
+def checkpointed(etta, keep):
+    model = copy.deepcopy(etta)
+    apply_activation_checkpointing(model.inner, dict(
+        layers=['encoder_layers', 'decoder_layers'], keep=keep))
+    return model
+
+
 def test_checkpointing_keeps_the_layer_inputs_only(etta):
     without = saved(etta)
-    model = copy.deepcopy(etta)
-    apply_activation_checkpointing(model.inner, ['encoder_layers',
-                                                 'decoder_layers'])
-    with_ckpt = saved(model)
+    with_ckpt = saved(checkpointed(etta, keep=[]))
     held = with_ckpt['checkpoint_inputs_mib']
     assert held > 0
     for part in ('encoder', 'decoder'):
@@ -106,3 +110,32 @@ def test_checkpointing_keeps_the_layer_inputs_only(etta):
     # the heads are not checkpointed: they keep the same
     assert with_ckpt['by_module']['bbox_head'] == pytest.approx(
         without['by_module']['bbox_head'])
+
+
+def test_what_checkpointed_layers_keep_is_counted_with_them(
+        etta, monkeypatch):
+    """Default keep: the dropout masks (bool) and the deformable attention
+    outputs count with the layers that keep them, as held by the
+    checkpoint."""
+    from mmpetl.ops.replay import ReplayRecord
+    nothing = saved(checkpointed(etta, keep=[]))
+    kept = {}
+    tensors = ReplayRecord.tensors
+
+    def spy(record):
+        out = tensors(record)
+        kept.update({t.untyped_storage().data_ptr():
+                     (t.dtype, t.untyped_storage().nbytes()) for t in out})
+        return out
+
+    monkeypatch.setattr(ReplayRecord, 'tensors', spy)
+    report = saved(checkpointed(etta, keep=['dropout_masks',
+                                            'ms_deform_attn']))
+    dtypes = {dtype for dtype, _ in kept.values()}
+    assert {torch.bool, torch.float32} <= dtypes  # masks, attention outputs
+    extra = sum(nbytes for _, nbytes in kept.values()) / 2**20
+    assert report['checkpoint_inputs_mib'] - nothing[
+        'checkpoint_inputs_mib'] == pytest.approx(extra)
+    assert report['total_mib'] - nothing['total_mib'] == pytest.approx(extra)
+    for part in ('encoder', 'decoder'):
+        assert report['by_module'][part] > nothing['by_module'][part]

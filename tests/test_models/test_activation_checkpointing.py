@@ -273,6 +273,116 @@ def test_vit_layers_with_etta():
                             grads(ckpt, batch=batch)) == 0.0
 
 
+# -- what the forward keeps for the recomputation (keep) ---------------------
+@pytest.mark.parametrize('keep', [[], ['dropout_masks'], ['ms_deform_attn']])
+def test_gradients_equal_whatever_the_layers_keep(pairs, keep):
+    """The default (both kept) is checked above; each alone and nothing."""
+    plain, _, ref = pairs('deformable_detr')
+    model = build('deformable_detr', dict(layers=LAYERS, keep=keep),
+                  state=plain.state_dict())
+    assert assert_all_close(ref, grads(model)) == 0.0
+
+
+def test_kept_masks_and_outputs_are_not_drawn_or_sampled_again(
+        pairs, monkeypatch):
+    """Default keep: the recomputation in backward draws no dropout mask and
+    runs no deformable attention; with keep=[] it does both again."""
+    import mmpetl.ops.msda as op_module
+    plain, ckpt, _ = pairs('deformable_detr')
+    nothing = build('deformable_detr', dict(layers=LAYERS, keep=[]),
+                    state=plain.state_dict())
+    sampled, drawn = [], []
+    op = op_module.ms_deform_attn
+    monkeypatch.setattr(op_module, 'ms_deform_attn',
+                        lambda *a: sampled.append(1) or op(*a))
+    bernoulli = torch.Tensor.bernoulli_
+    monkeypatch.setattr(torch.Tensor, 'bernoulli_',
+                        lambda t, *a: drawn.append(1) or bernoulli(t, *a))
+    counts = {}
+    for name, model in (('kept', ckpt), ('nothing', nothing)):
+        sampled.clear(), drawn.clear()
+        loss = loss_of(model)
+        forward = len(sampled), len(drawn)
+        loss.backward()
+        counts[name] = forward, (len(sampled), len(drawn))
+    # 2 encoder self + 2 decoder cross attentions; mmpetl draws the masks
+    # of the layers' nn.Dropout (p > 0) itself when it keeps them
+    (fwd_sampled, fwd_drawn), after = counts['kept']
+    assert fwd_sampled == 4 and fwd_drawn > 0
+    assert after == (fwd_sampled, fwd_drawn)
+    (fwd_sampled, fwd_drawn), after = counts['nothing']
+    assert (fwd_sampled, fwd_drawn) == (4, 0)  # F.dropout draws in C++
+    assert after == (8, 0)  # every attention sampled again
+
+
+class RandomAfterDropout(nn.Module):
+    """A layer that draws random numbers after its dropout draws."""
+
+    def __init__(self, other_random=True):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.drop = nn.Dropout(0.3)
+        self.other_random = other_random
+
+    def forward(self, x):
+        x = self.drop(self.fc1(x))
+        if self.other_random:
+            x = x * (torch.rand_like(x) > 0.5)
+        return self.fc2(x)
+
+
+def _toy_grads(keep, other_random=True, seed=3):
+    torch.manual_seed(0)
+    model = nn.Sequential(RandomAfterDropout(other_random),
+                          RandomAfterDropout(other_random)).train()
+    if keep is not None:
+        apply_activation_checkpointing(model, dict(layers=['0', '1'],
+                                                   keep=keep))
+    held = []
+    torch.manual_seed(seed)
+    x = torch.randn(8, 16, requires_grad=True)
+    with observe_checkpoint_inputs(lambda name, t: held.extend(t)):
+        model(x).square().sum().backward()
+    return [p.grad for p in model.parameters()] + [x.grad], held
+
+
+@pytest.mark.parametrize('other_random', [True, False])
+def test_replayed_masks_leave_later_random_draws_as_they_were(other_random):
+    """The forward keeps the RNG state after each mask only where another
+    random op follows it in the layer; either way the gradients are those
+    without checkpointing, bit for bit."""
+    ref, _ = _toy_grads(None, other_random)
+    got, held = _toy_grads(['dropout_masks'], other_random)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    masks = [t for t in held if t.dtype == torch.bool]
+    states = [t for t in held if t.dtype == torch.uint8]
+    assert len(masks) == 2 and masks[0].shape == (8, 16)
+    assert len(states) == (2 if other_random else 0)
+
+
+def test_without_the_kept_rng_states_later_draws_would_differ(monkeypatch):
+    """The control for the test above."""
+    from mmpetl.ops.replay import ReplayRecord
+    ref, _ = _toy_grads(None)
+    monkeypatch.setattr(ReplayRecord, '_drop_unneeded_states',
+                        lambda self: setattr(self, 'masks', [
+                            (m, None) for m, _ in self.masks]))
+    got, _ = _toy_grads(['dropout_masks'])
+    assert any(not torch.equal(a, b) for a, b in zip(ref, got))
+
+
+@pytest.mark.parametrize('spec, message', [
+    (dict(layer=['encoder_layers']), r"takes `layers`.*got keys \['layer'\]"),
+    (dict(layers=['encoder_layers'], keep=['dropout']),
+     r"\['dropout'\] is nothing mmpetl can keep; choose from "
+     r"\['ms_deform_attn', 'dropout_masks'\], or \[\]"),
+])
+def test_a_bad_keep_spec_is_refused_with_the_choices(spec, message):
+    with pytest.raises(ValueError, match=message):
+        apply_activation_checkpointing(toy(), spec, arch='detr')
+
+
 # -- which modules: presets, names, regexes, errors ------------------------
 def toy():
     """Module names of a DETR-like tree, without building a detector."""

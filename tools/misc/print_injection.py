@@ -43,7 +43,8 @@ def main(argv=None):
     print()
     print(parameter_groups_table(model))
     print()
-    print(checkpointing_table(model, model.checkpointed_layers))
+    print(checkpointing_table(model, model.checkpointed_layers,
+                              model.checkpoint_keep))
 
 
 if __name__ == '__main__':
