@@ -28,15 +28,16 @@ Parameters (``L`` layers read, width ``d``, bottleneck ``r``)::
       down D_l      LN_l     conf w, b_l   up U
     = (L+1)*d*r + (L+1)*r + 2*L*d + d + L     (without LN: no 2*L*d)
 
-Memory: the UniPT branch keeps ``O(L*B*N*r)`` activations plus the
-interaction's ``K*L*B*N*N`` attention weights (``K`` outputs), nothing of
-the frozen network.
+Memory: the UniPT branch keeps ``O(K*L*B*N*r)`` activations (``K``
+outputs), nothing of the frozen network; the interaction runs as
+``scaled_dot_product_attention`` over the layers ``l <= k`` of each output,
+which keeps no ``(N, N)`` attention weights for backward.
 """
-import math
 from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mmpetl.registry import TUNERS
 from .base import BaseTuner, TunerHostError
@@ -133,18 +134,18 @@ class UniPT(BaseTuner):
             down(norm(h))
             for h, norm, down in zip(feats, self.norms, self.downs)
         ])  # (L, B, N, r)
-        query = z[outputs].unsqueeze(1)  # (K, 1, B, N, r)
-        logits = query @ z.unsqueeze(0).transpose(-1, -2) / math.sqrt(
-            self.bottleneck)  # (K, L, B, N, N)
-        mixed = z.unsqueeze(0) + logits.softmax(-1) @ z.unsqueeze(0)
-        score = self.confidence(mixed).squeeze(-1) + self.layer_logits.view(
-            1, -1, 1, 1)  # (K, L, B, N)
-        later = (torch.arange(num_layers, device=z.device).view(1, -1) >
-                 torch.as_tensor(outputs, device=z.device).view(-1, 1))
-        score = score.masked_fill(later.view(*later.shape, 1, 1),
-                                  float('-inf'))
-        weight = score.softmax(dim=1)  # over layers l <= k
-        agg = (weight.unsqueeze(-1) * mixed).sum(dim=1)  # (K, B, N, r)
+        aggs = []
+        for k in outputs:  # only the layers l <= k enter output k
+            keys = z[:k + 1]  # (k+1, B, N, r)
+            query = z[k].expand_as(keys)
+            # softmax(z_k z_l^T / sqrt(r)) z_l for every l <= k, without
+            # keeping the (N, N) attention weights for backward
+            mixed = keys + F.scaled_dot_product_attention(query, keys, keys)
+            score = self.confidence(mixed).squeeze(-1) + \
+                self.layer_logits[:k + 1].view(-1, 1, 1)  # (k+1, B, N)
+            weight = score.softmax(dim=0)
+            aggs.append((weight.unsqueeze(-1) * mixed).sum(dim=0))
+        agg = torch.stack(aggs)  # (K, B, N, r)
         return self.up(self.act(agg))
 
     def describe(self) -> Dict[str, object]:

@@ -97,3 +97,23 @@ def test_bad_arguments():
         UniPT.resolve_hosts('encoder', nn.Linear(D, D))
     with pytest.raises(TunerHostError, match='routes the frozen'):
         UniPT(D, L).attach(nn.Linear(D, D))
+
+
+def test_keeps_no_token_by_token_attention_for_backward():
+    """The interaction runs as scaled_dot_product_attention: nothing of
+    size N x N (per layer pair) is saved for backward, and the result is
+    the formula's (test_formula)."""
+    n, layers = 64, 3
+    unipt = perturbed(UniPT(D, layers, bottleneck=R))
+    h = torch.randn(layers, 1, n, D)
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = unipt(h)
+    out.sum().backward()
+    assert sizes and max(sizes) < n * n
+    assert all(p.grad is not None for p in unipt.parameters())
