@@ -17,8 +17,8 @@ demo: install
 # Every benchmark table in benchmarks/README.md (CPU):
 # speed/memory/parameters, detection accuracy on the demo transfer (reuses
 # the base `make demo` published, trains it if absent), ViT accuracy,
-# task switching and mixed-task batches, the prefix ablation, the optimizer
-# step.
+# task switching and mixed-task batches, the prefix ablation, what
+# checkpointed layers keep, the optimizer step.
 SEEDS ?= 0 1 2
 BENCH_ARCHS ?= detr_r50_coco deformable-detr_r50_coco vit-b16_cifar100 \
 	dino-4scale_r50_coco
@@ -28,6 +28,7 @@ benchmark: install
 	$(PY) tools/analysis/vit_accuracy_benchmark.py --seeds $(SEEDS) --readme
 	$(PY) tools/analysis/task_benchmark.py --readme
 	$(PY) tools/analysis/prefix_ablation.py --seeds $(SEEDS) --reuse --readme
+	$(PY) tools/analysis/ckpt_ablation.py --readme
 	$(PY) tools/analysis/optimizer_step_benchmark.py
 
 clean-venv:

@@ -172,9 +172,14 @@ def markdown_report(rows: List[Dict], checks: List[Dict], header: Dict,
         'forward (every saved storage once, weights excluded), plus the '
         'inputs that activation checkpointing holds; per module in the '
         'JSON (`saved_by_module_mib`). `+ckpt`: the method with its encoder '
-        'and decoder layers checkpointed (recomputed in backward).',
+        'and decoder layers checkpointed (recomputed in backward; their '
+        'forward keeps dropout masks and deformable attention outputs for '
+        'the recomputation).',
         '',
     ]
+    if header.get('deformable_attention'):
+        lines[-1:-1] = [f"- deformable attention: "
+                        f"{header['deformable_attention']}"]
     if header.get('load'):
         lines[-1:-1] = [f"- machine load: {header['load']}"]
     if header.get('not_measured'):

@@ -41,8 +41,9 @@ Memory and time, per checkpointed layer and step:
 What stays exact (tested: the gradient of every trainable tensor equals
 the one without checkpointing):
 
-* dropout: the RNG state at the forward is restored for the recomputation.
-  torch stashes the CPU RNG and that of the devices of the *positional*
+* dropout: the RNG state at the forward is restored for the recomputation
+  (and kept CPU masks are replayed, the RNG state after them set where a
+  later op draws random numbers). torch stashes the CPU RNG and that of the devices of the *positional*
   tensor arguments only; MMDetection calls its layers with keyword
   arguments, so the wrapper passes every argument positionally (else the
   CUDA RNG, i.e. a GPU's dropout masks, would not be restored);
@@ -63,7 +64,10 @@ Limits:
 * forward pre-hooks and hooks of the chosen module *itself* run outside the
   checkpoint (those of its children, where tuners hook in, run inside):
   choose the layer that contains a tuner, not the tuner's host;
-* a forward that changes other state (counters, caches) does it twice;
+* a forward that changes other state (counters, caches) does it twice; a
+  recomputation that runs more dropouts or deformable attentions than the
+  forward did (a forward branching on such state) stops with an error
+  naming the ``keep`` entry to drop;
 * a chosen module inside another chosen module is left to the outer one.
 """
 import contextlib

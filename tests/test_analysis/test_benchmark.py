@@ -252,6 +252,10 @@ def test_benchmark_tool_end_to_end(tmp_path):
     md = (out / 'speed_memory.md').read_text()
     assert '## tiny' in md and 'cores' in md
     assert '- machine load: 1-min load average' in md  # is it quiet?
+    # which deformable attention ran on the CPU (mmpetl's op by default)
+    assert 'mmpetl.ops.ms_deform_attn' in result['header'][
+        'deformable_attention']
+    assert '- deformable attention: PyTorch fallback (mmpetl' in md
     assert (out / 'speed_memory.png').stat().st_size > 10_000
     assert (out / 'speed_memory_ckpt.png').stat().st_size > 10_000
     assert '](speed_memory_ckpt.png)' in md and '| saved MiB |' in md

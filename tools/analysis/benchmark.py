@@ -99,6 +99,12 @@ def parse_args(argv=None):
                    help='timed inference calls of the tuned model and, in '
                    'alternation, of its base model (medians compared)')
     p.add_argument('--threads', type=int, help='CPU threads per process')
+    p.add_argument('--msda-fallback', choices=['mmpetl', 'mmcv'],
+                   default='mmpetl',
+                   help="deformable attention off CUDA: mmpetl's op (keeps "
+                   "its inputs for backward; the default) or MMCV's "
+                   'multi_scale_deformable_attn_pytorch (keeps every '
+                   'sample)')
     p.add_argument('--timeout', type=int, default=1200,
                    help='seconds per config before it is reported failed')
     p.add_argument('--out-dir', help='default benchmarks/results/<device>/')
@@ -135,6 +141,7 @@ def run_worker(args):
     from mmengine.config import Config
 
     from mmpetl.analysis.measure import measure_config
+    from mmpetl.ops import msda_fallback
     import mmdet.models  # noqa: F401  (import cost outside the baseline)
     import mmpretrain.models  # noqa: F401
     import torch
@@ -146,12 +153,13 @@ def run_worker(args):
         'ImageClassifier' in str(cfg.model.get('type', '')) or \
         'ImageClassifier' in str(cfg.model.get('model', {}).get('type', ''))
     torch.manual_seed(0)
-    row = measure_config(
-        cfg, device=s['device'],
-        batch=s['cls_batch'] if classification else s['batch'],
-        size=(s['cls_size'], ) * 2 if classification else s['size'],
-        amp=s['amp'], warmup=args.warmup, iters=args.iters,
-        infer_iters=args.infer_iters)
+    with msda_fallback(args.msda_fallback):
+        row = measure_config(
+            cfg, device=s['device'],
+            batch=s['cls_batch'] if classification else s['batch'],
+            size=(s['cls_size'], ) * 2 if classification else s['size'],
+            amp=s['amp'], warmup=args.warmup, iters=args.iters,
+            infer_iters=args.infer_iters)
     with open(args.json, 'w') as f:
         json.dump(row, f)
 
@@ -210,7 +218,7 @@ def worker_argv(args, path, json_path):
         argv += ['--amp', args.amp]
     if args.threads:
         argv += ['--threads', str(args.threads)]
-    return argv
+    return argv + ['--msda-fallback', args.msda_fallback]
 
 
 def run_one(args, arch, method, path):
@@ -234,6 +242,14 @@ def run_one(args, arch, method, path):
             with open(json_path) as f:
                 row.update(json.load(f))
     return row
+
+
+def _msda_backend(device, fallback):
+    import torch
+
+    from mmpetl.ops import msda_backend, msda_fallback
+    with msda_fallback(fallback):
+        return msda_backend(torch.device(device))
 
 
 def machine_description(device):
@@ -335,6 +351,7 @@ def main(argv=None):
                  f"warm-up + {args.iters} timed steps, random weights and "
                  f"synthetic data (speed and memory do not depend on them)"),
         not_measured=skipped,
+        deformable_attention=_msda_backend(s['device'], args.msda_fallback),
         load=(f'1-min load average {load_start:.2f} at the start, '
               f'{os.getloadavg()[0]:.2f} at the end, on {os.cpu_count()} '
               f'CPUs (one benchmark process at a time; compare it with '
