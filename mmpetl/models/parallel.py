@@ -212,7 +212,8 @@ def _vit_extract_feat(host: nn.Module, inputs: torch.Tensor,
             handle.remove()
     unipt = host.unipt
     last = len(captured) - 1
-    delta = unipt(torch.stack(captured), [last])[0]  # (B, N, d)
+    # the layer outputs as they are: a stacked copy would double them
+    delta = unipt(captured, [last])[0]  # (B, N, d)
     outs = tuple(outs[:-1]) + (unipt.add_change(
         outs[-1], _as_output(backbone, delta, outs[-1])), )
     assert stage in ('backbone', 'neck', 'pre_logits'), stage

@@ -28,16 +28,19 @@ Parameters (``L`` layers read, width ``d``, bottleneck ``r``)::
       down D_l      LN_l     conf w, b_l   up U
     = (L+1)*d*r + (L+1)*r + 2*L*d + d + L     (without LN: no 2*L*d)
 
-Memory: the UniPT branch keeps ``O(K*L*B*N*r)`` activations (``K``
-outputs), nothing of the frozen network; the interaction runs as
+Memory: the UniPT branch keeps the features it reads (``L*B*N*d``: its
+LayerNorms need them; their outputs are recomputed in backward rather than
+kept) and ``O(K*L*B*N*r)`` activations (``K`` outputs), nothing else of
+the frozen network; the interaction runs as
 ``scaled_dot_product_attention`` over the layers ``l <= k`` of each output,
 which keeps no ``(N, N)`` attention weights for backward.
 """
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from mmpetl.registry import TUNERS
 from .base import BaseTuner, TunerHostError
@@ -110,13 +113,15 @@ class UniPT(BaseTuner):
             'frozen activations to it (mmpetl.models.parallel).')
 
     # -- the network ------------------------------------------------------
-    def forward(self, feats: torch.Tensor,
+    def forward(self, feats: Union[torch.Tensor, Sequence[torch.Tensor]],
                 outputs: Optional[Sequence[int]] = None) -> torch.Tensor:
         """The corrections ``U(act(g_k))`` for the layers ``k`` in outputs.
 
         Args:
-            feats (Tensor): per-layer outputs ``h_1..h_L`` of the frozen
-                model, shape (L, B, N, d), without autograd history.
+            feats (Tensor | Sequence[Tensor]): per-layer outputs
+                ``h_1..h_L`` of the frozen model, shape (L, B, N, d) or L
+                tensors (B, N, d) (no stacked copy then), without autograd
+                history.
             outputs (Sequence[int], optional): 0-based layers ``k`` to
                 correct; all L layers if None.
 
@@ -124,14 +129,14 @@ class UniPT(BaseTuner):
             Tensor: shape (K, B, N, d), K = len(outputs); row i is what to
             add to ``h_{outputs[i]}``.
         """
-        num_layers = feats.shape[0]
+        num_layers = len(feats)
         if num_layers != self.num_layers:
             raise ValueError(f'UniPT was built for {self.num_layers} layers, '
                              f'got features of {num_layers}')
         outputs = list(range(num_layers)) if outputs is None else list(
             outputs)
         z = torch.stack([
-            down(norm(h))
+            self._down(h, norm, down)
             for h, norm, down in zip(feats, self.norms, self.downs)
         ])  # (L, B, N, r)
         aggs = []
@@ -147,6 +152,20 @@ class UniPT(BaseTuner):
             aggs.append((weight.unsqueeze(-1) * mixed).sum(dim=0))
         agg = torch.stack(aggs)  # (K, B, N, r)
         return self.up(self.act(agg))
+
+    @staticmethod
+    def _down(h: torch.Tensor, norm: nn.Module,
+              down: nn.Module) -> torch.Tensor:
+        """``D_l(LN_l(h_l))``. With autograd on, ``LN_l(h_l)`` (as large as
+        the frozen features) is not kept for ``D_l``'s weight gradient but
+        recomputed in backward from ``h_l``, which the LayerNorm keeps
+        anyway: one ``(B, N, d)`` tensor per layer kept instead of two."""
+        if not (torch.is_grad_enabled() and any(
+                p.requires_grad for p in down.parameters())) or \
+                isinstance(norm, nn.Identity):
+            return down(norm(h))
+        return checkpoint(lambda x: down(norm(x)), h, use_reentrant=False,
+                          preserve_rng_state=False)
 
     def describe(self) -> Dict[str, object]:
         return dict(layers=self.num_layers, bottleneck=self.bottleneck,

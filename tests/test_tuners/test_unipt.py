@@ -117,3 +117,12 @@ def test_keeps_no_token_by_token_attention_for_backward():
     out.sum().backward()
     assert sizes and max(sizes) < n * n
     assert all(p.grad is not None for p in unipt.parameters())
+
+
+def test_a_list_of_layer_outputs_is_read_like_the_stacked_tensor():
+    """The ViT surgery passes the captured layer outputs as they are (a
+    stacked copy would double the frozen features kept for backward)."""
+    unipt = perturbed(UniPT(D, L, bottleneck=R))
+    h = feats()
+    torch.testing.assert_close(unipt(list(h), [L - 1]), unipt(h, [L - 1]),
+                               atol=0, rtol=0)
