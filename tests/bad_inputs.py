@@ -205,6 +205,13 @@ TUNER_CASES = [
                 r"'encoder\.layers\.6' is no preset and matches no module.*"
                 r"nearest module names: \['encoder\.layers\.",
                 activation_checkpointing=['encoder.layers.6']),
+    _tuner_case('checkpointing-keep-typo',
+                'activation checkpointing asked to keep something it cannot '
+                "(`keep=['dropout']`)", FFN, ValueError,
+                r"\['dropout'\] is nothing mmpetl can keep; choose from "
+                r"\['ms_deform_attn', 'dropout_masks'\]",
+                activation_checkpointing=dict(layers=['encoder_layers'],
+                                              keep=['dropout'])),
 ]
 
 
