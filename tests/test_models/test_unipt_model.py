@@ -108,7 +108,9 @@ def test_frozen_part_runs_without_autograd_grads_reach_unipt_and_head(arch):
         def hook(m, args, out):
             calls.extend((name, t.requires_grad or t.grad_fn is not None)
                          for t in tensors_in(out))
-            if name != 'decoder':  # its stacked states are UniPT's input
+            # UniPT's input: the decoder's stacked states; the ViT layers'
+            # outputs, read as they are (its LayerNorms keep them)
+            if name != 'decoder' and not name.startswith('backbone.layers'):
                 frozen_outs.extend(tensors_in(out))
         return hook
 
