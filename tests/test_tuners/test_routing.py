@@ -8,6 +8,12 @@ from mmpetl.tuners import ParallelAdapter, RoutingError, TaskGroups
 from mmpetl.tuners.lora import LoRALinear
 from mmpetl.tuners.routing import batch_dim_of, route_call, swapped
 
+# fp32 "equal": a routed group runs its matmuls on a slice of the batch,
+# which BLAS may block and sum in another order than the whole batch
+# (measured up to 4e-6 on values ~1 on a 2-core Intel Xeon); a sample
+# routed to the wrong task differs by O(1)
+TOL = dict(rtol=1.3e-6, atol=1e-5)
+
 
 def _tasks(tuner, count, seed=0):
     """``count`` random tensor sets for ``tuner`` (its state_dict keys)."""
@@ -47,7 +53,7 @@ def test_adapter_routes_each_sample_through_its_task(rows_per_sample):
                          (sample + 1) * rows_per_sample)
             if task == t:
                 torch.testing.assert_close(routed[rows], alone[rows],
-                                           rtol=1e-6, atol=1e-6)
+                                           **TOL)
     # the module's own tensors are back: the last task loaded
     assert all(torch.equal(tuner.state_dict()[k], v)
                for k, v in tasks[2].items())
@@ -69,10 +75,8 @@ def test_lora_routes_along_the_batch_dim_of_seq_first_tensors():
     tuner.routing = None
     first = _alone(host, tuner, tasks[0], x)
     second = _alone(host, tuner, tasks[1], x)
-    torch.testing.assert_close(routed[:, [0, 2]], first[:, [0, 2]],
-                               rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(routed[:, 1], second[:, 1], rtol=1e-6,
-                               atol=1e-6)
+    torch.testing.assert_close(routed[:, [0, 2]], first[:, [0, 2]], **TOL)
+    torch.testing.assert_close(routed[:, 1], second[:, 1], **TOL)
 
 
 def test_batch_dims_of_hosts():
