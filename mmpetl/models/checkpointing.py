@@ -43,10 +43,11 @@ the one without checkpointing):
 
 * dropout: the RNG state at the forward is restored for the recomputation
   (and kept CPU masks are replayed, the RNG state after them set where a
-  later op draws random numbers). torch stashes the CPU RNG and that of the devices of the *positional*
-  tensor arguments only; MMDetection calls its layers with keyword
-  arguments, so the wrapper passes every argument positionally (else the
-  CUDA RNG, i.e. a GPU's dropout masks, would not be restored);
+  later op draws random numbers). torch stashes the CPU RNG and that of
+  the devices of the *positional* tensor arguments only; MMDetection calls
+  its layers with keyword arguments, so the wrapper passes every argument
+  positionally (else the CUDA RNG, i.e. a GPU's dropout masks, would not
+  be restored);
 * autocast: torch re-enters the forward's autocast state for the
   recomputation;
 * BatchNorm in eval mode (frozen, ``norm_eval``) computes the same thing

@@ -1,5 +1,5 @@
 from .msda import (ms_deform_attn, ms_deform_attn_backward,
-                             ms_deform_attn_pytorch)
+                   ms_deform_attn_pytorch)
 from .replay import REPLAYABLE, ReplayRecord, current_record
 from .msda_fp32 import (FP32MSDAFunction, msda_backend, msda_fallback,
                         patch_msda_fp32)
