@@ -150,3 +150,116 @@ def test_tuners_on_sampling_offsets_follow_its_lr_mult():
     got = lrs(PETLOptimWrapperConstructor(
         base, dict(cfg, tuner_follow_keys=[]))(model), model)
     assert got['sampling_offsets.lora.lora_A'] == pytest.approx(0.01)
+
+
+def _default_decay(optimizer_cls):
+    """What the optimizer itself applies when no decay is given (read from
+    an instance, not from the constructor under test)."""
+    import torch
+    return optimizer_cls([nn.Parameter(torch.zeros(1))]).defaults[
+        'weight_decay']
+
+
+def _etta_on_small_deformable():
+    """The demo's tuners (ETTA: FFN adapters + scaled prefixes in every
+    attention) and trained heads, on a small Deformable DETR."""
+    from mmpetl.models import PETLModel
+    from tests.conftest import small_deformable_cfg
+    return PETLModel(
+        model=small_deformable_cfg(),
+        tuners=[dict(type='ParallelAdapter', presets=['ffn'], bottleneck=8,
+                     scale=1.0),
+                dict(type='ScaledPrefix', presets=['attn'], num_prefix=4,
+                     form='parallel', init='scaled')],
+        trainable=['bbox_head'])
+
+
+def _decay_by_name(optim_wrapper, model):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: g.get('weight_decay', 'default')
+            for g in optim_wrapper.optimizer.param_groups
+            for p in g['params']}
+
+
+def test_decay_policy_does_not_depend_on_weight_decay_in_config():
+    """AdamW without weight_decay in the config: every tuner bias, norm,
+    scale and token gets 0 explicitly in its group (AdamW alone would give
+    them its default), tuner matrices and the trained base parameters get
+    AdamW's default; with weight_decay given the same rule uses it."""
+    import torch
+    from mmpetl.tuners import BaseTuner
+    model = _etta_on_small_deformable()
+    default = _default_decay(torch.optim.AdamW)
+    assert default > 0  # else this test compares 0 with 0
+    without = PETLOptimWrapperConstructor(
+        dict(optimizer=dict(type='AdamW', lr=1e-3)),
+        paramwise_cfg=dict(tuner_lr_mult=2.0))(model)
+    got = _decay_by_name(without, model)
+    zero, matrices = [], []
+    for tname, tuner in model.tuner_modules():
+        for pname, param in tuner.named_parameters():
+            # the kind, independently of tuner_param_kind: vectors and
+            # scalars (biases, norms, scales) and declared tokens
+            leaf = pname.rpartition('.')[2]
+            no_decay = param.ndim < 2 or leaf in tuner.token_params
+            (zero if no_decay else matrices).append(f'{tname}.{pname}')
+    assert zero and matrices
+    scales = [n for n in zero if model.get_parameter(n).ndim == 0]
+    assert scales, 'the demo tuners have learnable scales'
+    for name in zero:
+        assert got[name] == 0.0, name
+    for name in matrices:
+        assert got[name] == pytest.approx(default), name
+    heads = [n for n, p in model.named_parameters() if p.requires_grad
+             and not isinstance(model.get_submodule(n.rpartition('.')[0]),
+                                BaseTuner) and n.startswith('bbox_head')]
+    assert heads and all(got[n] == pytest.approx(default) for n in heads)
+    # what the optimizer does with it: a step with zero gradients moves
+    # only what decays
+    before = {n: p.detach().clone() for n, p in model.named_parameters()
+              if n in got}
+    with torch.no_grad():
+        for name in got:
+            model.get_parameter(name).add_(0.5)
+            before[name] += 0.5
+    for name in got:
+        model.get_parameter(name).grad = torch.zeros_like(
+            model.get_parameter(name))
+    without.optimizer.step()
+    for name in zero:
+        assert torch.equal(model.get_parameter(name), before[name]), name
+    for name in matrices[:3]:
+        assert not torch.equal(model.get_parameter(name), before[name])
+
+    given = _decay_by_name(PETLOptimWrapperConstructor(
+        dict(optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05)))(
+            model), model)
+    assert all(given[n] == 0.0 for n in zero)
+    assert all(given[n] == pytest.approx(0.05) for n in matrices + heads)
+
+
+def test_no_warning_per_frozen_parameter():
+    """Building logs one summary line for the frozen tensors, not MMEngine's
+    warning per frozen tensor; other warnings still pass."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    model = _etta_on_small_deformable()
+    frozen = sum(1 for p in model.parameters() if not p.requires_grad)
+    assert frozen > 100
+    logger = MMLogger.get_current_instance()
+    records = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        PETLOptimWrapperConstructor(
+            dict(optimizer=dict(type='AdamW', lr=1e-3)))(model)
+        logger.warning('a later warning')
+    finally:
+        logger.removeHandler(handler)
+    texts = [(r.levelno, r.getMessage()) for r in records]
+    assert not [t for level, t in texts if level >= logging.WARNING
+                and 'requires_grad' in t]
+    assert [t for _, t in texts if f'{frozen} frozen tensors left out' in t]
+    assert (logging.WARNING, 'a later warning') in texts

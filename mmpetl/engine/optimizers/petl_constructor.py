@@ -25,16 +25,26 @@ The policy, in order:
     scalar scales ``norm_decay_mult``; prefix/prompt tokens
     ``tuner_token_decay_mult``. The last three default to **0** for tuners
     (no decay pulls a scale, a gain or a prefix toward zero) where
-    MMEngine's default would be 1.
+    MMEngine's default would be 1. Every tuner param group states its
+    ``weight_decay`` explicitly, so a 0 stays 0 whatever the optimizer's
+    own default.
+
+* The base decay is the optimizer config's ``weight_decay`` or, when the
+  config has none, the optimizer class's own default (AdamW: 0.01), read
+  from its signature and logged: the policy does not depend on whether
+  the config spells the decay out.
 
 * Parameters whose settings agree share one param group (MMEngine makes
   one group per tensor), so the optimizer's multi-tensor (``foreach``)
   path handles them together.
 """
-from typing import Dict, List, Sequence, Tuple
+import contextlib
+import inspect
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
-from mmengine.logging import print_log
+from mmengine.logging import MMLogger, print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS, OPTIMIZERS
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -70,6 +80,53 @@ def tuner_param_kind(tuner: BaseTuner, name: str, param) -> str:
     return 'weight'
 
 
+def optimizer_default_decay(optimizer_type) -> Optional[float]:
+    """The ``weight_decay`` default of an optimizer class (a class or its
+    registered name); None when it takes no ``weight_decay``.
+
+    Raises:
+        ValueError: an optimizer name no registry knows.
+    """
+    cls = optimizer_type
+    if isinstance(cls, str):
+        cls = OPTIMIZERS.get(cls)
+        if cls is None:
+            raise ValueError(
+                f'unknown optimizer type {optimizer_type!r}: not in '
+                f'MMEngine\'s OPTIMIZERS registry. Use a torch.optim class '
+                f'name (AdamW, SGD...) or register yours.')
+    try:
+        param = inspect.signature(cls).parameters.get('weight_decay')
+    except (TypeError, ValueError):  # no introspectable signature
+        return None
+    if param is None or param.default is inspect.Parameter.empty:
+        return None
+    return float(param.default)
+
+
+class _FrozenSkipFilter(logging.Filter):
+    """Drops MMEngine's per-parameter warning ``<name> is skipped since its
+    requires_grad=False`` (one line per frozen tensor: hundreds in PETL,
+    where freezing is the point); nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and
+                    record.getMessage().endswith(
+                        ' is skipped since its requires_grad=False'))
+
+
+@contextlib.contextmanager
+def _without_frozen_skip_warnings():
+    """Within the block, the current MMLogger drops only that warning."""
+    logger = MMLogger.get_current_instance()
+    quiet = _FrozenSkipFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def merge_param_groups(groups: Sequence[Dict]) -> List[Dict]:
     """One group per distinct setting, in first-seen order."""
     merged: Dict[Tuple, Dict] = {}
@@ -100,6 +157,17 @@ class PETLOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             paramwise_cfg.pop('tuner_follow_keys', FOLLOW_KEYS))
         self.tuner_token_decay_mult = float(
             paramwise_cfg.pop('tuner_token_decay_mult', 0.0))
+        optimizer = dict(optim_wrapper_cfg.get('optimizer') or {})
+        self.decay_from_default = False
+        if optimizer and optimizer.get('weight_decay') is None:
+            # what the optimizer applies anyway: made explicit so that the
+            # tuner policy (and MMEngine's rules for base parameters) use it
+            default = optimizer_default_decay(optimizer.get('type'))
+            if default is not None:
+                optimizer['weight_decay'] = default
+                optim_wrapper_cfg = dict(optim_wrapper_cfg,
+                                         optimizer=optimizer)
+                self.decay_from_default = True
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
@@ -133,7 +201,12 @@ class PETLOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 'frozen. Add tuners or `trainable` patterns to the model '
                 'config.')
         per_tensor: List[dict] = []
-        super().add_params(per_tensor, module, prefix, is_dcn_module)
+        # MMEngine leaves frozen parameters out (older versions keep them in
+        # a group of their own, dropped below) with a warning per tensor;
+        # one summary line below replaces those
+        with _without_frozen_skip_warnings():
+            super().add_params(per_tensor, module, prefix, is_dcn_module)
+        frozen = sum(1 for p in module.parameters() if not p.requires_grad)
         groups = []
         for group in per_tensor:
             (param, ) = group['params']
@@ -148,7 +221,14 @@ class PETLOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         tensors = sum(len(g['params']) for g in merged)
         print_log(f'mmpetl: optimizer holds {tensors} tensors ({count:,} '
                   f'parameters, {len(tuner_of)} tuner tensors) in '
-                  f'{len(merged)} param groups', logger='current')
+                  f'{len(merged)} param groups; {frozen} frozen tensors left '
+                  f'out', logger='current')
+        if self.decay_from_default:
+            print_log(f'mmpetl: the optimizer config sets no weight_decay: '
+                      f'the base decay is {self.optimizer_cfg["type"]}\'s '
+                      f'default {self.base_wd:g} (tuner biases, norms, '
+                      f'scales and tokens: 0 unless their *_decay_mult is '
+                      f'set)', logger='current')
 
     def _followed(self, host: str) -> Tuple[float, float]:
         """lr/decay multipliers of the followed custom key in ``host``."""
