@@ -56,12 +56,22 @@ class PredictionWriter:
     Args:
         out_dir: the output folder.
         score_thr: detections drawn from this score up.
+        palette: box colours (``'coco'``, ``'voc'``, ``'citys'``,
+            ``'random'``, as MMDetection's ``--palette``); None: the
+            visualizer's default.
+        save_vis: write ``vis/<stem>.png``.
+        save_pred: write ``preds/<stem>.json``.
+        show: also display each drawn image in a window.
     """
 
-    def __init__(self, out_dir: str, score_thr: float = 0.3) -> None:
+    def __init__(self, out_dir: str, score_thr: float = 0.3,
+                 palette: Optional[str] = None, save_vis: bool = True,
+                 save_pred: bool = True, show: bool = False) -> None:
         from mmdet.visualization import DetLocalVisualizer
         self.out_dir = out_dir
         self.score_thr = score_thr
+        self.palette = palette
+        self.save_vis, self.save_pred, self.show = save_vis, save_pred, show
         self.visualizer = DetLocalVisualizer(
             name=f'mmpetl_infer_{next(_COUNTER)}_{id(self)}')
 
@@ -82,27 +92,37 @@ class PredictionWriter:
             task: the task's name, recorded in the JSON.
 
         Returns:
-            dict: the ``vis`` and ``preds`` paths written.
+            dict: the ``vis`` and ``preds`` paths written (those asked for).
         """
         import mmcv
         paths = self.paths(stem)
-        record = prediction_dict(sample, classes, task)
-        text = json.dumps(record, indent=1)
+        written = {}
+        if self.save_vis or self.show:
+            vis = self.visualizer
+            vis.dataset_meta = dict(classes=tuple(classes)) if classes \
+                else {}
+            if self.palette:
+                vis.dataset_meta['palette'] = self.palette
+            vis.add_datasample(stem, image_bgr[..., ::-1], sample,
+                               draw_gt=False, show=self.show,
+                               pred_score_thr=self.score_thr)
+            drawn = vis.get_image()
 
-        def write_json(tmp):
-            with open(tmp, 'w') as f:
-                f.write(text)
+            def write_png(tmp):
+                if not mmcv.imwrite(drawn[..., ::-1], tmp):
+                    raise OSError(f'could not write {paths["vis"]}')
 
-        vis = self.visualizer
-        vis.dataset_meta = dict(classes=tuple(classes)) if classes else {}
-        vis.add_datasample(stem, image_bgr[..., ::-1], sample, draw_gt=False,
-                           show=False, pred_score_thr=self.score_thr)
-        drawn = vis.get_image()
+            if self.save_vis:
+                atomic_write(paths['vis'], write_png)
+                written['vis'] = paths['vis']
+        if self.save_pred:
+            text = json.dumps(prediction_dict(sample, classes, task),
+                              indent=1)
 
-        def write_png(tmp):
-            if not mmcv.imwrite(drawn[..., ::-1], tmp):
-                raise OSError(f'could not write {paths["vis"]}')
+            def write_json(tmp):
+                with open(tmp, 'w') as f:
+                    f.write(text)
 
-        atomic_write(paths['vis'], write_png)
-        atomic_write(paths['preds'], write_json)
-        return paths
+            atomic_write(paths['preds'], write_json)
+            written['preds'] = paths['preds']
+        return written

@@ -1,5 +1,7 @@
-"""tools/infer.py: outputs in DetInferencer's layout, several tasks, an
-unreadable image, and bad input that leaves the output folder untouched.
+"""tools/infer.py: MMDetection's image_demo.py arguments, outputs in
+DetInferencer's layout, several tasks, a whole (applied) checkpoint
+without --tuner, an unreadable image, and bad input that leaves the output
+folder untouched.
 
 The tool's ``main(argv)`` runs in this process (the same code the command
 line runs, without paying the imports once per call).
@@ -35,7 +37,7 @@ def det(files):
 
 def _argv(files, out, *tuners, extra=()):
     return [str(files['image_dir']), str(files['config']),
-            str(files['base'])] + [a for name in tuners for a in (
+            '--weights', str(files['base'])] + [a for name in tuners for a in (
                 '--tuner', f'{name}={files["tuners"][name]}')] + [
                     '--out-dir', str(out), '--batch-size', '3'] + list(extra)
 
@@ -48,7 +50,7 @@ def _files(folder):
 def test_one_task_writes_vis_and_preds_like_the_api(infer, files, det,
                                                     tmp_path, capsys):
     out = tmp_path / 'out'
-    assert infer.main(_argv(files, out, 'B', extra=['--score-thr',
+    assert infer.main(_argv(files, out, 'B', extra=['--pred-score-thr',
                                                     '0.0'])) == 0
     stems = [p.stem for p in files['images']]
     assert _files(out) == sorted([f'preds/{s}.json' for s in stems] +
@@ -128,17 +130,35 @@ def test_an_unreadable_image_is_skipped_and_listed(infer, files, tmp_path,
 
 
 @pytest.mark.parametrize('case', ['unknown-task', 'other-base',
-                                  'no-images', 'task-twice'])
+                                  'no-images', 'task-twice', 'old-order',
+                                  'no-weights', 'base-without-tuner'])
 def test_bad_input_writes_nothing(infer, files, tmp_path, capsys, case):
     out = tmp_path / 'out'
     argv = _argv(files, out, 'A', 'C')
-    if case == 'unknown-task':
+    if case == 'old-order':  # mmpetl's former INPUTS... CONFIG BASE
+        argv = [str(files['image_dir']), str(files['config']),
+                str(files['base']), '--out-dir', str(out)]
+        match = (f"INPUTS... CONFIG --weights CHECKPOINT: tools/infer.py "
+                 f"... {files['config']} --weights {files['base']}")
+    elif case == 'no-weights':
+        argv = [str(files['image_dir']), str(files['config']),
+                '--out-dir', str(out)]
+        match = 'no --weights: give the checkpoint'
+    elif case == 'base-without-tuner':  # the tuners would run at init
+        argv = _argv(files, out)
+        match = (f'--weights {files["base"]} does not hold the model of '
+                 f'{files["config"]}: it lacks')
+    elif case == 'unknown-task':
         argv += ['--task', 'D']
         match = "unknown task 'D'; known tasks: 'A', 'C'"
     elif case == 'other-base':
-        other = tmp_path / 'other.pth'
-        other.write_bytes(files['base'].read_bytes() + b'\0')
-        argv[2] = str(other)
+        other = tmp_path / 'other.pth'  # same architecture, one tensor moved
+        import torch
+        state = torch.load(files['base'], weights_only=True)['state_dict']
+        key = next(k for k in state if k.startswith('backbone.'))
+        state[key] = state[key] + 1
+        torch.save(dict(state_dict=state), other)
+        argv[argv.index('--weights') + 1] = str(other)
         match = 'this tuner checkpoint was trained on base `base.pth`'
     elif case == 'no-images':
         argv[0] = str(tmp_path / 'nothing' / '*.jpg')
@@ -150,6 +170,73 @@ def test_bad_input_writes_nothing(infer, files, tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert match in err and f'nothing was written to {out}' in err
     assert not out.exists()
+
+
+def test_mmdetection_image_demo_defaults(infer, files):
+    """The defaults of MMDetection 3.3's demo/image_demo.py (device: its
+    cuda:0 where CUDA is there, else cpu)."""
+    import torch
+    args = infer.parse_args([str(files['image_dir']), str(files['config'])])
+    assert (args.out_dir, args.batch_size, args.pred_score_thr,
+            args.palette, args.weights, args.tuner) == (
+                'outputs', 1, 0.3, 'none', None, None)
+    assert args.device == ('cuda:0' if torch.cuda.is_available() else 'cpu')
+    assert not (args.show or args.no_save_vis or args.no_save_pred or
+                args.print_result)
+
+
+def test_no_save_flags_and_print_result(infer, files, tmp_path, capsys):
+    """--no-save-vis/--no-save-pred leave their half out; with both
+    nothing is written and --print-result prints what preds/ holds."""
+    full, vis_only, pred_only, none = (tmp_path / n for n in (
+        'full', 'vis', 'pred', 'none'))
+    assert infer.main(_argv(files, full, 'A', extra=['--palette',
+                                                     'random'])) == 0
+    assert infer.main(_argv(files, vis_only, 'A',
+                            extra=['--no-save-pred'])) == 0
+    assert infer.main(_argv(files, pred_only, 'A',
+                            extra=['--no-save-vis'])) == 0
+    capsys.readouterr()
+    assert infer.main(_argv(files, none, 'A', extra=[
+        '--no-save-vis', '--no-save-pred', '--print-result'])) == 0
+    stems = sorted(p.stem for p in files['images'])
+    assert _files(vis_only) == [f'vis/{s}.png' for s in stems]
+    assert _files(pred_only) == [f'preds/{s}.json' for s in stems]
+    assert not none.exists()
+    printed = [json.loads(line) for line in
+               capsys.readouterr().out.splitlines()]
+    assert sorted(Path(r.pop('image')).stem for r in printed) == stems
+    written = [json.loads((full / 'preds' / f'{Path(p).stem}.json')
+                          .read_text()) for p in sorted(files['images'])]
+    assert sorted(printed, key=lambda r: r['scores']) == sorted(
+        written, key=lambda r: r['scores'])
+    assert (pred_only / 'preds/img_0.json').read_text() == (
+        full / 'preds/img_0.json').read_text()
+
+
+def test_applied_checkpoint_runs_without_tuner(infer, files, det, tmp_path):
+    """An applied checkpoint (base + task A's tuner in one file) with the
+    PETL config and no --tuner: task A's detections and class names."""
+    from mmpetl.checkpoints import apply_tuner_checkpoint
+    applied = tmp_path / 'applied_A.pth'
+    apply_tuner_checkpoint(str(files['base']), str(files['tuners']['A']),
+                           str(applied))
+    out = tmp_path / 'out'
+    assert infer.main([str(files['image_dir']), str(files['config']),
+                       '--weights', str(applied), '--out-dir', str(out),
+                       '--pred-score-thr', '0']) == 0
+    want = det.predict([str(p) for p in files['images']], task='A',
+                       batch_size=1)
+    for path, sample in zip(files['images'], want):
+        record = json.loads((out / 'preds' / f'{path.stem}.json')
+                            .read_text())
+        assert record['task'] == 'applied_A'
+        np.testing.assert_allclose(record['scores'],
+                                   sample.pred_instances.scores.numpy(),
+                                   rtol=0, atol=1e-4)
+        assert record['label_names'] == [CLASSES['A'][i]
+                                         for i in record['labels']]
+        assert (out / 'vis' / f'{path.stem}.png').stat().st_size > 0
 
 
 def test_unload_releases_tasks_and_model(det, files):
