@@ -181,12 +181,13 @@ def run_infer(args, base_path, tuner_file, num=4):
     images = [osp.join(val, f) for f in sorted(os.listdir(val))[:num]]
     out = osp.join(args.work_dir, 'infer')
     command = [sys.executable, osp.join(ROOT, 'tools', 'infer.py'),
-               *images, osp.join(CONFIGS, METHODS[0][1]), base_path,
-               '--tuner', f'target={tuner_file}', '--out-dir', out]
+               *images, osp.join(CONFIGS, METHODS[0][1]), '--weights',
+               base_path, '--tuner', f'target={tuner_file}', '--out-dir',
+               out]
     subprocess.run(command, check=True)
     shown = ['python', 'tools/infer.py', *images,
-             f'configs/demo/{METHODS[0][1]}', base_path, '--tuner',
-             f'target={tuner_file}', '--out-dir', out]
+             f'configs/demo/{METHODS[0][1]}', '--weights', base_path,
+             '--tuner', f'target={tuner_file}', '--out-dir', out]
     return ' '.join(shlex.quote(a) for a in shown), out
 
 
