@@ -124,6 +124,33 @@ def test_apply_then_test_predicts_exactly_like_trained_model(setup):
                                    b['pred_instances'][key])
 
 
+def test_test_tool_tta_wraps_the_tuned_model(setup, tmp_path):
+    """--tta on the demo detector config (no tta_model/tta_pipeline):
+    MMDetection's default (the image and its flip, merged by NMS) wraps
+    the PETL model, the tuner still loads into it, and the merged
+    predictions are not the single view's."""
+    tmp, data, base = setup['tmp'], setup['data'], setup['base']
+    command = [PY, 'tools/test.py', ET, base, '--tuner',
+               tmp / 'et/iter_4_tuner.pth', '--cfg-options'] + \
+        data_options(data, 'target')
+    plain = ok(run(command[:6] + ['--work-dir', tmp_path / 'plain', '--out',
+                                  tmp_path / 'plain.pkl'] + command[6:]))
+    tta = ok(run(command[:6] + ['--tta', '--work-dir', tmp_path / 'tta',
+                                '--out', tmp_path / 'tta.pkl'] +
+                 command[6:]))
+    assert 'no tta_model in the config' in tta
+    assert 'tuner tensors from' in tta and 'tuner tensors from' in plain
+    assert 'coco/bbox_mAP' in tta
+    one, merged = (pickle.load(open(tmp_path / f'{n}.pkl', 'rb'))
+                   for n in ('plain', 'tta'))
+    assert len(one) == len(merged) == 8
+    assert any(a['pred_instances']['bboxes'].shape !=
+               b['pred_instances']['bboxes'].shape or not torch.equal(
+                   a['pred_instances']['bboxes'],
+                   b['pred_instances']['bboxes'])
+               for a, b in zip(one, merged))
+
+
 def test_mismatched_base_is_refused_by_test_tool(setup):
     tmp, data = setup['tmp'], setup['data']
     # same weights as the base, but not the file the tuners were tied to
@@ -135,9 +162,10 @@ def test_mismatched_base_is_refused_by_test_tool(setup):
         proc.stderr
 
 
-def test_test_tool_evaluates_several_tasks_in_one_table(setup, tmp_path):
+def test_test_tool_evaluates_several_tasks_mmdet_style(setup, tmp_path):
     """Two TASK=TUNER pairs, each with its own data root (the second a
-    copy of the first, at another path): one table, per-task outputs."""
+    copy of the first, at another path): MMDetection's metric lines per
+    task, a summary line per task, per-task outputs."""
     import shutil
     tmp, data, base = setup['tmp'], setup['data'], setup['base']
     copy = tmp_path / 'copy'
@@ -149,12 +177,21 @@ def test_test_tool_evaluates_several_tasks_in_one_table(setup, tmp_path):
                   f'it4={copy}/', '--work-dir', tmp_path / 'work',
                   '--out', tmp_path / 'preds.pkl', '--cfg-options'] +
                  data_options(data, 'target')))
-    table = [line for line in out.splitlines() if line.startswith('| ')]
-    assert table[0].startswith('| task | bbox_mAP | bbox_mAP_50')
-    rows = {line.split(' | ')[0][2:]: line.split(' | ')[1:]
-            for line in table[1:]}
-    assert sorted(rows) == ['it2', 'it4']
-    assert all(0.0 <= float(r[0]) <= 1.0 for r in rows.values())
+    assert not [line for line in out.splitlines() if line.startswith('| ')]
+    headers = [out.index(f'task {t} ({tmp}/et/iter_{t[-1]}_tuner.pth)')
+               for t in ('it2', 'it4')]
+    copypaste = [i for i in range(len(out))
+                 if out.startswith('bbox_mAP_copypaste', i)]
+    # the evaluator's own lines, once in each task's section
+    assert len(copypaste) == 2 and headers[0] < copypaste[0] < \
+        headers[1] < copypaste[1]
+    summary = {line.split(':')[0][5:]: dict(
+        kv.split(': ') for kv in line.split(': ', 1)[1].split('  '))
+        for line in out.splitlines() if line.startswith('task it')
+        and ': ' in line}
+    assert sorted(summary) == ['it2', 'it4']
+    assert all(0.0 <= float(m['coco/bbox_mAP']) <= 1.0
+               for m in summary.values())
     for task, root in (('it2', data), ('it4', copy)):
         found = pickle.load(open(tmp_path / f'preds_{task}.pkl', 'rb'))
         assert len(found) == 8

@@ -9,10 +9,20 @@
 With --tuner, CHECKPOINT is the shared base: it is loaded first, then the
 tuner tensors, after checking that the tuners were trained on this base
 (--force-base applies them to another base of the same architecture).
-Mirrors MMDetection's tools/test.py.
 
-Several ``TASK=TUNER`` pairs evaluate each task on its own dataset and
-print one table (task | metrics). ``--task-data TASK=DATA_ROOT`` points
+Takes every flag of MMDetection 3.3's tools/test.py, with its meaning:
+--work-dir, --out, --show, --show-dir, --wait-time, --cfg-options,
+--launcher, --tta, --local_rank/--local-rank. ``--tta`` wraps the model
+in the config's ``tta_model`` and tests with its ``tta_pipeline``; a
+detector config without them gets MMDetection's default (horizontal
+flip, boxes merged by NMS); any other model without them is refused
+(``TTAError``, naming what to add). mmpetl adds --tuner, --task-data,
+--force-base and --amp.
+
+Several ``TASK=TUNER`` pairs evaluate each task on its own dataset, one
+after the other, each logging MMDetection's metrics (the evaluator's own
+lines) under a ``task NAME`` header; a summary line per task (``task NAME:
+metric: value ...``) ends the run. ``--task-data TASK=DATA_ROOT`` points
 the test dataset of that task at another data root with the config's
 layout (its ``ann_file`` and image folder relative to the root; the
 evaluator reads DATA_ROOT/ann_file); a task without it uses the config's
@@ -37,7 +47,13 @@ from tool_utils import (load_config, parse_pairs,  # noqa: E402
 from mmpetl.utils.config_check import ConfigError, check_config  # noqa: E402
 
 
-def parse_args():
+class TTAError(ValueError):
+    """``--tta`` on a config whose model cannot be tested with TTA."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: MMDetection 3.3 tools/test.py's flags plus
+    mmpetl's."""
     parser = argparse.ArgumentParser(description='Test (and eval) a model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint (the base with --tuner)')
@@ -51,22 +67,88 @@ def parse_args():
                         help='apply --tuner to a base other than its own')
     parser.add_argument('--work-dir', help='the dir for evaluation metrics')
     parser.add_argument('--out', help='dump predictions to a pickle file')
-    parser.add_argument('--show-dir', help='save images with predictions')
+    parser.add_argument('--show', action='store_true',
+                        help='show prediction results in a window')
+    parser.add_argument('--show-dir', help='save images with predictions '
+                        '(under work_dir/<timestamp>/ when relative)')
+    parser.add_argument('--wait-time', type=float, default=2,
+                        help='the interval of --show (s)')
     parser.add_argument('--amp', action='store_true', help='test with amp')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, key=value')
     parser.add_argument('--launcher', default='none',
                         choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation (the config\'s '
+                        'tta_model/tta_pipeline; detectors: flip by default)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
+    return parser
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
 
 
+def _type_name(transform) -> str:
+    return str(transform.get('type', '')).split('.')[-1]
+
+
+def use_tta(cfg) -> None:
+    """``--tta`` as MMDetection's tools/test.py: the model wrapped in
+    ``tta_model``, the test dataset's pipeline replaced by
+    ``tta_pipeline``. A config without them gets MMDetection's defaults
+    if it tests a detector (its test pipeline ends with
+    ``PackDetInputs``): ``DetTTAModel`` (NMS 0.5, 100 boxes) over the
+    image and its horizontal flip.
+
+    Raises:
+        TTAError: no ``tta_model``/``tta_pipeline`` and not a detector.
+    """
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:
+        dataset = dataset['dataset']
+    pipeline = list(dataset.get('pipeline') or [])
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        if not pipeline or _type_name(pipeline[-1]) != 'PackDetInputs':
+            last = _type_name(pipeline[-1]) if pipeline else 'nothing'
+            absent = ' and no '.join(
+                k for k in ('tta_model', 'tta_pipeline') if k not in cfg)
+            raise TTAError(
+                f'--tta: the config has no {absent} and its test pipeline '
+                f'ends with {last}, not '
+                f'PackDetInputs, so MMDetection\'s default flip TTA for '
+                f'detectors does not apply. Add tta_model (a BaseTTAModel, '
+                f'e.g. mmpretrain\'s AverageClsScoreTTA for a classifier) '
+                f'and tta_pipeline (ending in TestTimeAug) to the config, '
+                f'or drop --tta.')
+    if 'tta_model' not in cfg:
+        print('note: --tta: no tta_model in the config: MMDetection\'s '
+              'DetTTAModel (NMS 0.5, 100 boxes per image)', file=sys.stderr)
+        cfg.tta_model = dict(type='DetTTAModel', tta_cfg=dict(
+            nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+    if 'tta_pipeline' not in cfg:
+        print('note: --tta: no tta_pipeline in the config: the test '
+              'pipeline over the image and its horizontal flip',
+              file=sys.stderr)
+        tta = copy.deepcopy(pipeline)
+        tta[-1] = dict(type='TestTimeAug', transforms=[
+            [dict(type='RandomFlip', prob=1.),
+             dict(type='RandomFlip', prob=0.)],
+            [dict(type='PackDetInputs', meta_keys=(
+                'img_id', 'img_path', 'ori_shape', 'img_shape',
+                'scale_factor', 'flip', 'flip_direction'))]])
+        cfg.tta_pipeline = tta
+    cfg.model = dict(**cfg.tta_model, module=cfg.model)
+    dataset.pipeline = cfg.tta_pipeline  # inside dataset wrappers too
+
+
 def build_cfg(args, cfg=None, tuner=None, out=None, show_dir=None):
     """The test config: CHECKPOINT as ``load_from``, a ``LoadTunerHook``
-    for ``tuner``, AMP, ``--show-dir`` and ``--out`` as asked."""
+    for ``tuner``, AMP, ``--show``/``--show-dir`` and ``--out`` as asked
+    (``--tta`` comes after :func:`check_config`: :func:`use_tta`)."""
     cfg = load_config(args) if cfg is None else cfg
     cfg.load_from = args.checkpoint
     cfg.resume = False
@@ -78,12 +160,17 @@ def build_cfg(args, cfg=None, tuner=None, out=None, show_dir=None):
         cfg.custom_hooks = hooks
     if args.amp:
         cfg.test_cfg.fp16 = True
-    if show_dir:
+    show = getattr(args, 'show', False)  # (a Namespace from code)
+    if show_dir or show:
         vis = cfg.default_hooks.get('visualization')
         if vis is None:
-            raise SystemExit('--show-dir needs a `visualization` hook in '
-                             'default_hooks (DetVisualizationHook)')
-        vis.update(draw=True, test_out_dir=show_dir)
+            raise SystemExit('--show/--show-dir need a `visualization` hook '
+                             'in default_hooks (DetVisualizationHook)')
+        vis.update(draw=True)
+        if show:
+            vis.update(show=True, wait_time=args.wait_time)
+        if show_dir:
+            vis.update(test_out_dir=show_dir)
     if out:
         if not out.endswith(('.pkl', '.pickle')):
             raise SystemExit('--out must end with .pkl or .pickle')
@@ -182,6 +269,8 @@ def task_configs(args, base_cfg):
                 f'comes from its tuner file: evaluate it on the dataset it '
                 f'was trained on (--task-data {name}=DATA_ROOT, with those '
                 f'classes in metainfo.classes).')
+        if getattr(args, 'tta', False):
+            use_tta(cfg)
         plans.append((name, tuner, cfg))
     if problems:
         raise ConfigError('\n'.join(problems))
@@ -193,19 +282,11 @@ def _number(value):
         else value
 
 
-def metrics_table(rows) -> str:
-    """``| task | metric ... |`` of ``[(task, metrics dict)]``."""
-    keys = []
-    for _, metrics in rows:
-        keys += [k for k in metrics if k not in keys]
-    head = [k.split('/')[-1] for k in keys]
-    lines = ['| task | ' + ' | '.join(head) + ' |',
-             '|---|' + '---:|' * len(keys)]
-    for task, metrics in rows:
-        lines.append(f'| {task} | ' + ' | '.join(
-            str(_number(metrics[k])) if k in metrics else '-'
-            for k in keys) + ' |')
-    return '\n'.join(lines)
+def metrics_line(task: str, metrics) -> str:
+    """``task NAME: key: value  key: value`` (MMEngine's log format) of a
+    task's metrics."""
+    return f'task {task}: ' + '  '.join(
+        f'{k}: {_number(v)}' for k, v in metrics.items())
 
 
 def _run(cfg):
@@ -218,22 +299,27 @@ def _run(cfg):
 
 def main():
     args = parse_args()
+    mmpetl.apply_patches()  # MMCV/MMEngine as mmpetl runs them (logged)
     base_cfg = load_config(args)
     plans = task_configs(args, base_cfg) if args.tuner else None
     if plans is None:
         tuner = args.tuner[0] if args.tuner else None
         cfg = build_cfg(args, base_cfg, tuner, args.out, args.show_dir)
         check_config(cfg, mode='test')  # paths, num_classes: before builds
+        if args.tta:
+            use_tta(cfg)
         setup_cpu_distributed(cfg, args.launcher)
         print({k: _number(v) for k, v in _run(cfg).items()})
         return
     setup_cpu_distributed(plans[0][2], args.launcher)
     rows = []
-    for name, _, cfg in plans:
+    for name, tuner, cfg in plans:
         if plans[0][2].get('model_wrapper_cfg'):
             cfg.model_wrapper_cfg = plans[0][2].model_wrapper_cfg
+        print(f'task {name} ({tuner}), work dir {cfg.work_dir}', flush=True)
         rows.append((name, _run(cfg)))
-    print(metrics_table(rows))
+    for name, metrics in rows:
+        print(metrics_line(name, metrics))
 
 
 if __name__ == '__main__':

@@ -3,8 +3,9 @@
     python tools/train.py configs/et_deformable_detr_coco.py
     bash tools/dist_train.sh configs/et_deformable_detr_coco.py 8
 
-Mirrors MMDetection's tools/train.py: --work-dir, --amp, --resume,
---cfg-options, --launcher, --local-rank.
+Takes every flag of MMDetection 3.3's tools/train.py, with its meaning:
+--work-dir, --amp, --auto-scale-lr, --resume [CKPT], --cfg-options,
+--launcher, --local_rank/--local-rank; mmpetl adds --amp-dtype.
 """
 import argparse
 import os
@@ -16,10 +17,12 @@ from mmengine.config import DictAction
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import mmpetl  # noqa: E402,F401  (before mmdet: transformers guard etc.)
 from tool_utils import load_config, setup_cpu_distributed  # noqa: E402
-from mmpetl.utils.config_check import check_config  # noqa: E402
+from mmpetl.utils.config_check import ConfigError, check_config  # noqa
 
 
-def parse_args():
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: MMDetection 3.3 tools/train.py's flags plus
+    mmpetl's."""
     parser = argparse.ArgumentParser(description='Train a model')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
@@ -28,6 +31,10 @@ def parse_args():
         help='automatic mixed precision (fp16; see --amp-dtype)')
     parser.add_argument('--amp-dtype', default='float16',
                         choices=['float16', 'bfloat16'])
+    parser.add_argument(
+        '--auto-scale-lr', action='store_true',
+        help='scale the lr by the actual over the config\'s '
+        'auto_scale_lr.base_batch_size (MMEngine\'s linear rule)')
     parser.add_argument(
         '--resume', nargs='?', type=str, const='auto',
         help='resume from this checkpoint; without a path, from the latest '
@@ -38,14 +45,39 @@ def parse_args():
     parser.add_argument('--launcher', default='none',
                         choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
+    return parser
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
 
 
+def enable_auto_scale_lr(cfg) -> None:
+    """``--auto-scale-lr``: MMEngine scales the lr by the total batch size
+    over ``auto_scale_lr.base_batch_size``, which the config must give.
+
+    Raises:
+        ConfigError: the config has no ``auto_scale_lr.base_batch_size``.
+    """
+    scale = cfg.get('auto_scale_lr') or {}
+    if 'base_batch_size' not in scale:
+        raise ConfigError(
+            f'--auto-scale-lr: the config has no auto_scale_lr.'
+            f'base_batch_size (the total batch size its lr was set for), so '
+            f'there is nothing to scale from. Add auto_scale_lr = dict('
+            f'enable=False, base_batch_size=N) to the config (N: GPUs x '
+            f'samples per GPU of the run the lr was tuned on), or drop '
+            f'--auto-scale-lr.')
+    cfg.auto_scale_lr = dict(scale, enable=True)
+
+
 def build_cfg(args):
     cfg = load_config(args)
+    if getattr(args, 'auto_scale_lr', False):  # (a Namespace from code)
+        enable_auto_scale_lr(cfg)
     if args.amp:  # dynamic loss scaling for fp16, none for bf16
         cfg.optim_wrapper.type = 'mmpetl.AmpOptimWrapper'
         cfg.optim_wrapper.dtype = args.amp_dtype

@@ -4,14 +4,18 @@ from typing import List
 
 import torch.nn as nn
 from mmengine.logging import MMLogger
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 
 __all__ = ['unwrap_model', 'class_names', 'quiet_init_weights']
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside an MMEngine/torch wrapper (DDP, FSDP...), or itself."""
-    return model.module if is_model_wrapper(model) else model
+    """The model inside an MMEngine/torch wrapper (DDP, FSDP...) and a
+    test-time-augmentation model (``BaseTTAModel``, ``tools/test.py
+    --tta``), or itself."""
+    if is_model_wrapper(model):
+        model = model.module
+    return model.module if isinstance(model, BaseTTAModel) else model
 
 
 def class_names(obj, qualified: bool = False) -> List[str]:
