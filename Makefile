@@ -23,13 +23,13 @@ SEEDS ?= 0 1 2
 BENCH_ARCHS ?= detr_r50_coco deformable-detr_r50_coco vit-b16_cifar100 \
 	dino-4scale_r50_coco
 benchmark: install
-	$(PY) tools/analysis/benchmark.py --archs $(BENCH_ARCHS) --readme
-	$(PY) tools/analysis/accuracy_benchmark.py --seeds $(SEEDS) --reuse --readme
-	$(PY) tools/analysis/vit_accuracy_benchmark.py --seeds $(SEEDS) --readme
-	$(PY) tools/analysis/task_benchmark.py --readme
-	$(PY) tools/analysis/prefix_ablation.py --seeds $(SEEDS) --reuse --readme
-	$(PY) tools/analysis/ckpt_ablation.py --readme
-	$(PY) tools/analysis/optimizer_step_benchmark.py
+	$(PY) tools/analysis_tools/petl_benchmark.py --archs $(BENCH_ARCHS) --readme
+	$(PY) tools/analysis_tools/accuracy_benchmark.py --seeds $(SEEDS) --reuse --readme
+	$(PY) tools/analysis_tools/vit_accuracy_benchmark.py --seeds $(SEEDS) --readme
+	$(PY) tools/analysis_tools/task_benchmark.py --readme
+	$(PY) tools/analysis_tools/prefix_ablation.py --seeds $(SEEDS) --reuse --readme
+	$(PY) tools/analysis_tools/ckpt_ablation.py --readme
+	$(PY) tools/analysis_tools/optimizer_step_benchmark.py
 
 clean-venv:
 	rm -rf .venv

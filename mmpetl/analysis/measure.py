@@ -1,12 +1,13 @@
 """Measure one config: parameters, checkpoint sizes, memory and time.
 
-Runs in a process of its own (``tools/analysis/benchmark.py`` starts one per
-config), so that peak memory belongs to that config alone. The model is
-built from the config with random weights (speed and memory do not depend
-on their values) and trained on a synthetic batch of the requested size
-through the real path: the config's optimizer-wrapper constructor (only
-trainable parameters get optimizer state), ``model.train_step`` (data
-preprocessor, loss, backward, step; autocast when AMP is on).
+Runs in a process of its own (``tools/analysis_tools/petl_benchmark.py``
+starts one per config), so that peak memory belongs to that config alone.
+The model is built from the config with random weights (speed and memory do
+not depend on their values) and trained on a synthetic batch of the
+requested size through the real path: the config's optimizer-wrapper
+constructor (only trainable parameters get optimizer state),
+``model.train_step`` (data preprocessor, loss, backward, step; autocast
+when AMP is on).
 
 Memory (both count weights + gradients + optimizer state + activations):
   * CUDA: ``torch.cuda.max_memory_allocated`` over the training steps (the

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / 'tools' / 'analysis'))
+sys.path.insert(0, str(ROOT / 'tools' / 'analysis_tools'))
 sys.path.insert(0, str(ROOT / 'tools' / 'demo'))
 import accuracy_benchmark as bench  # noqa: E402
 
@@ -81,7 +81,7 @@ def test_accuracy_benchmark_end_to_end(tmp_path):
                tmp_path / 'demo/base/deformable-detr_mnv2_demo-source_'
                '20260101-00000000.pth')
     out = tmp_path / 'out'
-    args = [sys.executable, 'tools/analysis/accuracy_benchmark.py',
+    args = [sys.executable, 'tools/analysis_tools/accuracy_benchmark.py',
             '--methods', 'heads-only', 'lora', '--seeds', '0', '--iters', '1',
             '--data-root', f'{data}/', '--demo-work-dir',
             str(tmp_path / 'demo'), '--work-dir', str(tmp_path / 'work'),

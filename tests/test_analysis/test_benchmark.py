@@ -219,7 +219,7 @@ def test_benchmark_tool_end_to_end(tmp_path):
         optim="constructor='mmpetl.PETLOptimWrapperConstructor'"))
     out = tmp_path / 'out'
     proc = subprocess.run(
-        [sys.executable, 'tools/analysis/benchmark.py', '--configs',
+        [sys.executable, 'tools/analysis_tools/petl_benchmark.py', '--configs',
          str(tmp_path / 'full-ft_tiny.py'), str(tmp_path / 'etta_tiny.py'),
          '--device', 'cpu', '--input-size', '64', '64', '--batch', '2',
          '--warmup', '1', '--iters', '1', '--infer-iters', '1',
@@ -248,7 +248,7 @@ def test_benchmark_tool_end_to_end(tmp_path):
     assert et['infer_ratio'] == pytest.approx(
         et['infer_ms'] / et['infer_base_ms'])
     assert result['header']['command'].startswith(
-        'python tools/analysis/benchmark.py --configs')
+        'python tools/analysis_tools/petl_benchmark.py --configs')
     md = (out / 'speed_memory.md').read_text()
     assert '## tiny' in md and 'cores' in md
     assert '- machine load: 1-min load average' in md  # is it quiet?
@@ -308,7 +308,7 @@ def test_checkpointing_targets_and_chart(tmp_path):
 
 
 def test_default_methods_skip_the_pairs_without_a_config():
-    tool = load_tool('tools/analysis/benchmark.py')
+    tool = load_tool('tools/analysis_tools/petl_benchmark.py')
     pairs, skipped = tool.config_list(tool.parse_args([]))
     methods = {(arch, m) for arch, m, _ in pairs}
     for arch in ('detr_r50_coco', 'deformable-detr_r50_coco'):
@@ -333,8 +333,8 @@ def test_default_methods_skip_the_pairs_without_a_config():
 
 def test_amp_on_cpu_is_refused_with_the_reason():
     proc = subprocess.run(
-        [sys.executable, 'tools/analysis/benchmark.py', '--device', 'cpu',
-         '--amp', 'bfloat16'], capture_output=True, text=True, cwd=ROOT)
+        [sys.executable, 'tools/analysis_tools/petl_benchmark.py',
+         '--device', 'cpu', '--amp', 'bfloat16'], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0
     assert '--amp needs --device cuda' in proc.stderr
 
@@ -343,7 +343,7 @@ def test_dino_rows_join_the_default_run_and_missing_pairs_are_listed():
     """--archs with DINO and the default methods: DINO's shipped configs
     run in the same run, its pairs without a config are reported as not
     measured; a method named explicitly must exist for one arch."""
-    tool = load_tool('tools/analysis/benchmark.py')
+    tool = load_tool('tools/analysis_tools/petl_benchmark.py')
     assert 'dino-4scale_r50_coco' in tool.EXTRA_ARCHS
     args = tool.parse_args(['--archs', 'detr_r50_coco',
                             'dino-4scale_r50_coco'])
@@ -371,7 +371,7 @@ def test_dino_rows_join_the_default_run_and_missing_pairs_are_listed():
 def test_readme_sections_keep_a_partial_run_apart(tmp_path, monkeypatch):
     """``--readme`` with another ``--name`` writes its own section and
     leaves the full table alone."""
-    bench = load_tool('tools/analysis/benchmark.py')
+    bench = load_tool('tools/analysis_tools/petl_benchmark.py')
     assert bench.readme_marker('cpu', 'speed_memory') == 'bench-cpu'
     assert bench.readme_marker('gpu', 'ckpt_dino') == 'bench-gpu-ckpt_dino'
     page = tmp_path / 'benchmarks' / 'README.md'

@@ -10,7 +10,7 @@ from mmpetl.models import PETLModel, build_inner_model
 from tests.conftest import small_deformable_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / 'tools' / 'analysis'))
+sys.path.insert(0, str(ROOT / 'tools' / 'analysis_tools'))
 import ckpt_ablation as ablation  # noqa: E402
 
 ETTA = [dict(type='ParallelAdapter', presets=['ffn'], bottleneck=8),

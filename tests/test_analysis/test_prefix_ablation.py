@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / 'tools' / 'analysis'))
+sys.path.insert(0, str(ROOT / 'tools' / 'analysis_tools'))
 import prefix_ablation as ablation  # noqa: E402
 
 

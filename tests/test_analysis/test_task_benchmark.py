@@ -1,5 +1,5 @@
-"""tools/analysis/task_benchmark.py at its --quick settings: every field
-is there and the numbers are what their names say (no timing asserted)."""
+"""tools/analysis_tools/task_benchmark.py at its --quick settings: every
+field is there and the numbers are what their names say (no timing asserted)."""
 import importlib.util
 import json
 from pathlib import Path
@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_quick_run_writes_json_and_markdown(tmp_path):
     spec = importlib.util.spec_from_file_location(
-        'mmpetl_task_benchmark', ROOT / 'tools/analysis/task_benchmark.py')
+        'mmpetl_task_benchmark',
+        ROOT / 'tools/analysis_tools/task_benchmark.py')
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench.ROOT = str(tmp_path)  # --readme: tmp_path/benchmarks/README.md

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / 'tools' / 'analysis'))
+sys.path.insert(0, str(ROOT / 'tools' / 'analysis_tools'))
 import vit_accuracy_benchmark as vit  # noqa: E402
 
 
