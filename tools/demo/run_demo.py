@@ -16,7 +16,10 @@
    ``preds``), the way a user runs a trained task.
 
 Nothing is downloaded. ``--reuse-base`` skips step 2 when a published base
-from an earlier run is there.
+from an earlier run is there. ``--amp float16|bfloat16`` trains every run
+with ``mmpetl.AmpOptimWrapper`` (as ``tools/train.py --amp``); ``--device
+cuda`` refuses to start without CUDA (MMEngine trains on CUDA whenever it
+is available); ``--methods et full`` runs a subset of step 3.
 """
 import argparse
 import itertools
@@ -39,6 +42,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 from mmpetl.demo.synthetic_coco import make_transfer_dataset  # noqa: E402
 from mmpetl.checkpoints import publish_checkpoint  # noqa: E402
+from mmpetl.ops import patch_msda_fp32  # noqa: E402
 from mmpetl.utils import unwrap_model  # noqa: E402
 
 CONFIGS = osp.join(ROOT, 'configs', 'demo')
@@ -48,6 +52,8 @@ METHODS = [
     ('full fine-tuning', 'deformable-detr_mnv2_demo-target-full.py'),
     ('heads only', 'deformable-detr_mnv2_demo-target-heads.py'),
 ]
+#: ``--methods`` names of METHODS, in their order
+METHOD_KEYS = ['et', 'full', 'heads']
 
 
 class _KeepMetrics(Hook):
@@ -63,10 +69,13 @@ class _KeepMetrics(Hook):
 _RUN_INDEX = itertools.count()
 
 
-def _cfg(name, work_dir, data_root, **options):
+def _cfg(name, work_dir, data_root, amp=None, **options):
     cfg = Config.fromfile(osp.join(CONFIGS, name))
     cfg.work_dir = work_dir
     cfg.merge_from_dict(options)
+    if amp:  # as tools/train.py --amp: loss scaling for fp16, none for bf16
+        cfg.optim_wrapper.type = 'mmpetl.AmpOptimWrapper'
+        cfg.optim_wrapper.dtype = amp
     # MMEngine keeps one visualizer per name for the whole process: under
     # the config's fixed name every later Runner of this process would log
     # its scalars (and the TunerHealthHook's) into the first run's folder
@@ -105,7 +114,8 @@ def train_base(args):
         path = osp.join(work_dir, published[-1])
         print_log(f'[demo] reusing the published base {path}', 'current')
         return path, None
-    cfg = _cfg(SOURCE, work_dir, args.data_root)
+    cfg = _cfg(SOURCE, work_dir, args.data_root,
+               amp=getattr(args, 'amp', None))
     runner, metrics, seconds = _train(cfg)
     last = runner.message_hub.get_info('last_ckpt')
     path = publish_checkpoint(
@@ -134,7 +144,8 @@ def stored_per_task(runner, work_dir):
 
 def run_method(args, label, config, base_path):
     work_dir = osp.join(args.work_dir, osp.splitext(config)[0])
-    cfg = _cfg(config, work_dir, args.data_root, load_from=base_path)
+    cfg = _cfg(config, work_dir, args.data_root, load_from=base_path,
+               amp=getattr(args, 'amp', None))
     runner, metrics, seconds = _train(cfg)
     trainable, total, kind, size = stored_per_task(runner, work_dir)
     stored = f'{kind} checkpoint'
@@ -146,7 +157,10 @@ def run_method(args, label, config, base_path):
                 checkpoint=stored, checkpoint_mib=size,
                 bbox_mAP=metrics.get('coco/bbox_mAP', float('nan')),
                 bbox_AP50=metrics.get('coco/bbox_mAP_50', float('nan')),
-                minutes=seconds / 60, iters=runner.iter), runner
+                minutes=seconds / 60, iters=runner.iter,
+                device=str(next(unwrap_model(runner.model).parameters())
+                           .device),
+                amp=getattr(args, 'amp', None) or 'fp32'), runner
 
 
 def save_predictions_png(runner, cfg_path, out_file, num=4):
@@ -204,19 +218,62 @@ def format_table(rows):
     return '\n'.join(lines)
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--work-dir', default='work_dirs/petl_demo')
     parser.add_argument('--data-root', default='data/petl_demo/')
     parser.add_argument('--reuse-base', action='store_true',
                         help='skip base training if a published base exists')
-    args = parser.parse_args()
+    parser.add_argument('--amp', choices=['float16', 'bfloat16'],
+                        help='mixed precision for every run '
+                        '(mmpetl.AmpOptimWrapper; GPU)')
+    parser.add_argument('--device', choices=['auto', 'cuda', 'cpu'],
+                        default='auto',
+                        help='auto: MMEngine trains on CUDA when available; '
+                        'cuda/cpu: refuse to start on another device')
+    parser.add_argument('--methods', nargs='+', choices=METHOD_KEYS,
+                        default=METHOD_KEYS,
+                        help='target runs of step 3 (et must be one: the '
+                        'predictions PNG and the inference use its tuner)')
+    args = parser.parse_args(argv)
+    if 'et' not in args.methods:
+        parser.error('--methods must include et (step 4 and 5 use the '
+                     'ET-Deformable-DETR run); e.g. --methods et full')
+    return args
+
+
+def check_device(args):
+    """Refuse a device other than ``--device`` (MMEngine's Runner picks
+    CUDA whenever it is available)."""
+    import torch
+    cuda = torch.cuda.is_available()
+    if args.device == 'cuda' and not cuda:
+        raise SystemExit('--device cuda: torch.cuda.is_available() is '
+                         'False; run on a GPU machine or drop --device')
+    if args.device == 'cpu' and cuda:
+        raise SystemExit('--device cpu: CUDA is visible and MMEngine would '
+                         'train on it; run with CUDA_VISIBLE_DEVICES= '
+                         'to train on the CPU')
+    if args.amp and not cuda:
+        raise SystemExit('--amp needs CUDA (MMEngine\'s AmpOptimWrapper '
+                         'runs on GPUs only); drop --amp on the CPU')
+
+
+def main():
+    args = parse_args()
+    check_device(args)
+    # MMCV's deformable attention as mmpetl runs it, for the plain detectors
+    # too (base, full fine-tuning): under --amp MMCV's CUDA op has no bf16
+    # kernel and needs mmpetl's fp32 wrapper (mmpetl.ops.msda_fp32)
+    patch_msda_fp32()
     os.makedirs(args.work_dir, exist_ok=True)
     start = time.time()
     make_transfer_dataset(args.data_root)
     base_path, base = train_base(args)
     rows, et_runner = [], None
-    for label, config in METHODS:
+    for key, (label, config) in zip(METHOD_KEYS, METHODS):
+        if key not in args.methods:
+            continue
         row, runner = run_method(args, label, config, base_path)
         rows.append(row)
         if et_runner is None:
@@ -229,7 +286,8 @@ def main():
     summary = (
         f'mmpetl demo: source -> target transfer, '
         f'{time.strftime("%Y-%m-%d %H:%M")}, total '
-        f'{(time.time() - start) / 60:.1f} min\n'
+        f'{(time.time() - start) / 60:.1f} min on {rows[0]["device"]}, '
+        f'{rows[0]["amp"]}\n'
         f'base: {osp.basename(base_path)} ({base_mib:.1f} MiB)' +
         (f', source val mAP {base["metrics"].get("coco/bbox_mAP", 0):.3f}'
          if base else ' (reused)') + '\n\n' + table + '\n\n'
