@@ -1,23 +1,21 @@
 """mmpetl: parameter-efficient transfer learning for OpenMMLab detection.
 
-Importing mmpetl checks the versions it runs with, keeps a user's
-``transformers`` from breaking MMDetection's imports, and lets MMEngine's
-own checkpoints load under torch's safe ``weights_only`` loading, and
-runs MMCV's deformable attention in fp32 under autocast, and makes the
-Runner's checkpoint writes atomic.
+Importing mmpetl checks the versions it runs with and keeps a user's
+``transformers`` from breaking MMDetection's imports (the one change in
+another library that cannot wait: it must come before MMDetection imports
+MMPretrain; it warns when it acts). Every other change to MMCV, MMEngine
+or torch is a named patch in :mod:`mmpetl.patches`, applied by
+:func:`apply_patches` where mmpetl needs it (building a ``PETLModel``,
+mmpetl's tools), logged, and undone by :func:`remove_patches`.
 """
 from .utils.compat import check_versions, guard_mmpretrain_multimodal
 from .version import __version__
 
 check_versions()
-guard_mmpretrain_multimodal()
+guard_mmpretrain_multimodal()  # named patch `mmpretrain_multimodal_guard`
 
-from .ops import patch_msda_fp32  # noqa: E402
-from .utils.io import patch_mmengine_atomic_save  # noqa: E402
-from .utils.safe_load import allow_mmengine_checkpoints  # noqa: E402
+from .patches import (PATCHES, applied_patches, apply_patches,  # noqa: E402
+                      patched, remove_patches)
 
-allow_mmengine_checkpoints()
-patch_mmengine_atomic_save()  # a killed job never leaves half a checkpoint
-patch_msda_fp32()  # deformable attention in fp32 under --amp
-
-__all__ = ['__version__']
+__all__ = ['__version__', 'PATCHES', 'apply_patches', 'remove_patches',
+           'patched', 'applied_patches']

@@ -13,7 +13,12 @@ import pytest
 import torch
 from mmengine.hub import get_config
 
-import mmpetl  # noqa: F401  (version checks, transformers guard)
+import mmpetl  # version checks, transformers guard
+
+# the suite runs as mmpetl's tools do: with its MMCV/MMEngine patches (a
+# PETLModel build would apply them anyway, midway through the session);
+# tests/test_patches.py checks MMCV without them in subprocesses
+mmpetl.apply_patches()
 
 DETR_CFG = 'mmdet::detr/detr_r50_8xb2-150e_coco.py'
 DEFORMABLE_CFG = 'mmdet::deformable_detr/deformable-detr_r50_16xb2-50e_coco.py'

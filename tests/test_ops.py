@@ -7,8 +7,9 @@ from mmpetl.ops import FP32MSDAFunction, msda_backend
 from tests.test_tuners.test_deformable_prefix import msda_inputs
 
 
-def test_patch_is_installed_by_import():
-    import mmpetl  # noqa: F401
+def test_patch_is_installed_by_apply_patches():
+    import mmpetl
+    mmpetl.apply_patches(['msda_fp32'])  # conftest did; idempotent
     assert msda_module.MultiScaleDeformableAttnFunction is FP32MSDAFunction
     assert hasattr(msda_module.multi_scale_deformable_attn_pytorch,
                    'original')

@@ -300,6 +300,7 @@ def _run(cfg):
 def main():
     args = parse_args()
     mmpetl.apply_patches()  # MMCV/MMEngine as mmpetl runs them (logged)
+    mmpetl.apply_patches()  # MMCV/MMEngine as mmpetl runs them (logged)
     base_cfg = load_config(args)
     plans = task_configs(args, base_cfg) if args.tuner else None
     if plans is None:

@@ -43,6 +43,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmpetl.injection import (InjectedTuner, Targets, count_trainable, inject,
                               select_parameters)
+from mmpetl.patches import apply_patches
 from mmpetl.registry import MODELS
 from mmpetl.tuners import BaseTuner
 from mmpetl.utils import quiet_init_weights
@@ -107,7 +108,7 @@ def _as_targets(value) -> Targets:
 
 @MODELS.register_module()
 class PETLModel(BaseModel):
-    """Freeze an MMDetection/MMPretrain model and train injected tuners.
+    r"""Freeze an MMDetection/MMPretrain model and train injected tuners.
 
     Args:
         model (dict): config of the inner model (a detector or classifier).
@@ -156,6 +157,7 @@ class PETLModel(BaseModel):
                  parallel: Optional[Dict] = None,
                  data_preprocessor: Optional[Dict] = None,
                  activation_checkpointing: CheckpointSpec = None) -> None:
+        apply_patches()  # MMCV/MMEngine as mmpetl runs them (logged once)
         if data_preprocessor is not None:  # the Runner's top-level one
             model = dict(model)
             model.setdefault('data_preprocessor', data_preprocessor)
@@ -280,10 +282,11 @@ class PETLModel(BaseModel):
     def tuner_state_dict(self) -> Dict:
         """Only the trainable tensors (tuners + declared parts)."""
         trainable = {id(p) for p in self.parameters() if p.requires_grad}
+        prefixes = _tuner_prefixes(self)
         return {
             k: v
             for k, v in self.state_dict(keep_vars=True).items()
-            if id(v) in trainable or _is_tuner_key(k, self)
+            if id(v) in trainable or _is_tuner_key(k, prefixes)
         }
 
     # -- deployment ----------------------------------------------------------
@@ -314,9 +317,15 @@ class PETLModel(BaseModel):
             tuner.unmerge()
 
 
-def _is_tuner_key(key: str, model: PETLModel) -> bool:
-    prefixes = [n + '.' for n, _ in model.tuner_modules()]
-    return any(key.startswith(p) for p in prefixes)
+def _tuner_prefixes(model: PETLModel) -> tuple:
+    """``'<tuner name>.'`` of every tuner (one walk over the modules)."""
+    return tuple(n + '.' for n, _ in model.tuner_modules())
+
+
+def _is_tuner_key(key: str, prefixes: tuple) -> bool:
+    """Whether a state-dict key belongs to a tuner (``prefixes`` from
+    :func:`_tuner_prefixes`, computed once per state dict)."""
+    return key.startswith(prefixes)
 
 
 def _report_missing_tuner_keys(module: PETLModel, incompatible) -> None:

@@ -1,4 +1,11 @@
-"""Environment checks that must run before MMDetection is imported."""
+"""Environment checks that must run before MMDetection is imported.
+
+:func:`check_versions` only reads. :func:`guard_mmpretrain_multimodal` is
+the one change ``import mmpetl`` makes in another library (it must come
+before MMDetection first imports MMPretrain, so it cannot wait for an
+explicit call); it is listed with mmpetl's other, explicit patches in
+:mod:`mmpetl.patches` and warns when it acts.
+"""
 import importlib.metadata as metadata
 import importlib.util
 import os
@@ -7,11 +14,12 @@ import warnings
 from typing import Dict, Optional, Tuple
 
 __all__ = ['SUPPORTED', 'check_versions', 'guard_mmpretrain_multimodal',
+           'unguard_mmpretrain_multimodal', 'mmpretrain_multimodal_guarded',
            'IncompatibleVersionError']
 
 # package: (minimum inclusive, maximum exclusive); None = no bound
 SUPPORTED: Dict[str, Tuple[str, Optional[str]]] = {
-    'torch': ('2.0.0', None),
+    'torch': ('2.4.0', None),  # torch.library.custom_op (mmpetl.ops)
     'mmengine': ('0.10.0', '1.0.0'),
     'mmcv': ('2.0.0', '2.2.0'),  # mmdet 3.3 refuses mmcv 2.2
     'mmdet': ('3.0.0', '3.4.0'),
@@ -92,6 +100,7 @@ def guard_mmpretrain_multimodal() -> bool:
     dep_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(dep_spec)
     dep_spec.loader.exec_module(module)
+    module.mmpetl_guard = True
     if module.WITH_MULTIMODAL:
         module.WITH_MULTIMODAL = False
         warnings.warn(
@@ -100,4 +109,29 @@ def guard_mmpretrain_multimodal() -> bool:
             'MMPETL_KEEP_MMPRETRAIN_MULTIMODAL=1 keeps them',
             MultimodalDisabledWarning, stacklevel=2)
     sys.modules[name] = module
+    return True
+
+
+_DEPENDENCY = 'mmpretrain.utils.dependency'
+
+
+def mmpretrain_multimodal_guarded() -> bool:
+    """Whether :func:`guard_mmpretrain_multimodal` put its module in
+    ``sys.modules``."""
+    return getattr(sys.modules.get(_DEPENDENCY), 'mmpetl_guard', False)
+
+
+def unguard_mmpretrain_multimodal() -> bool:
+    """Take the guard's module out of ``sys.modules`` again.
+
+    Possible only before MMPretrain is imported (it then reads its own
+    flag); once MMPretrain has registered placeholders for its multimodal
+    models that cannot be undone in the process.
+
+    Returns:
+        bool: True if the guard was taken out.
+    """
+    if not mmpretrain_multimodal_guarded() or 'mmpretrain' in sys.modules:
+        return False
+    del sys.modules[_DEPENDENCY]
     return True

@@ -3,7 +3,9 @@
 Every file mmpetl writes goes to a temporary name in the target folder and
 is renamed over the final name, so a job killed mid-write never leaves half
 a file under that name. :func:`patch_mmengine_atomic_save` routes MMEngine's
-Runner checkpoints through the same writer.
+Runner checkpoints through the same writer (only once called, by
+:func:`mmpetl.apply_patches`; :func:`unpatch_mmengine_atomic_save` undoes
+it).
 """
 import hashlib
 import os
@@ -13,7 +15,8 @@ from typing import Callable
 import torch
 
 __all__ = ['atomic_write', 'atomic_save', 'sha256_file',
-           'patch_mmengine_atomic_save']
+           'patch_mmengine_atomic_save', 'unpatch_mmengine_atomic_save',
+           'mmengine_atomic_save_patched']
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -52,18 +55,30 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def patch_mmengine_atomic_save() -> None:
+def mmengine_atomic_save_patched() -> bool:
+    """Whether the Runner's ``save_checkpoint`` is mmpetl's atomic one."""
+    from mmengine.runner import runner as runner_module
+    return getattr(runner_module.save_checkpoint, 'mmpetl_atomic', False)
+
+
+def patch_mmengine_atomic_save() -> bool:
     """Make MMEngine's Runner write local checkpoints atomically.
 
     ``Runner.save_checkpoint`` writes the file in place: a job killed
     mid-write leaves a truncated ``iter_N.pth`` that ``last_checkpoint``
-    may already name. Local paths now go through :func:`atomic_save`;
-    other backends keep MMEngine's writer. Idempotent.
+    may already name. Local paths now go through :func:`atomic_save` (the
+    same bytes: ``torch.save`` of the same dict); other backends keep
+    MMEngine's writer. The name patched is ``save_checkpoint`` in
+    ``mmengine.runner.runner`` (what ``Runner.save_checkpoint`` calls);
+    ``mmengine.runner.checkpoint.save_checkpoint`` is left as it is.
+
+    Returns:
+        bool: True if this call installed it (False: already there).
     """
     from mmengine.runner import runner as runner_module
+    if mmengine_atomic_save_patched():
+        return False
     original = runner_module.save_checkpoint
-    if getattr(original, 'mmpetl_atomic', False):
-        return
 
     def save_checkpoint(checkpoint, filename, file_client_args=None,
                         backend_args=None):
@@ -73,4 +88,19 @@ def patch_mmengine_atomic_save() -> None:
         atomic_save(checkpoint, str(filename))
 
     save_checkpoint.mmpetl_atomic = True
+    save_checkpoint.original = original
     runner_module.save_checkpoint = save_checkpoint
+    return True
+
+
+def unpatch_mmengine_atomic_save() -> bool:
+    """Give the Runner MMEngine's own ``save_checkpoint`` back.
+
+    Returns:
+        bool: True if this call removed mmpetl's writer.
+    """
+    from mmengine.runner import runner as runner_module
+    if not mmengine_atomic_save_patched():
+        return False
+    runner_module.save_checkpoint = runner_module.save_checkpoint.original
+    return True

@@ -12,12 +12,22 @@ objects with numpy arrays, whose pickled state also carries references to
 
 mmpetl fixes this narrowly, and safe loading stays on:
 
-* it allow-lists exactly the classes MMEngine writes (``HistoryBuffer``,
-  numpy arrays, dtypes and scalars) - never ``getattr``;
-* it writes ``HistoryBuffer`` without the four default statistics methods,
-  which ``HistoryBuffer.__setstate__`` re-registers on load anyway (methods
-  a user registered are still written, as before).
+* :func:`load_checkpoint_file` allow-lists exactly the classes MMEngine
+  writes (``HistoryBuffer``, numpy arrays, dtypes and scalars; never
+  ``getattr``) for its own load only (``torch.serialization.safe_globals``);
+* :func:`allow_mmengine_checkpoints` adds them to torch's process-wide
+  allow-list, for the Runner's own ``--resume`` (undone by
+  :func:`disallow_mmengine_checkpoints`);
+* :func:`patch_history_buffer_state` makes MMEngine write ``HistoryBuffer``
+  without the four default statistics methods, which
+  ``HistoryBuffer.__setstate__`` re-registers on load anyway (methods a
+  user registered are still written, as before); undone by
+  :func:`unpatch_history_buffer_state`.
+
+The last two change other libraries: they run only when called, by
+:func:`mmpetl.apply_patches` (``PETLModel`` and mmpetl's tools call it).
 """
+import contextlib
 import os
 import re
 from typing import Dict, List
@@ -26,7 +36,10 @@ import numpy as np
 import torch
 
 __all__ = ['mmengine_checkpoint_globals', 'allow_mmengine_checkpoints',
-           'CheckpointError', 'load_checkpoint_file']
+           'disallow_mmengine_checkpoints', 'mmengine_checkpoints_allowed',
+           'patch_history_buffer_state', 'unpatch_history_buffer_state',
+           'history_buffer_state_patched', 'CheckpointError',
+           'load_checkpoint_file']
 
 
 class CheckpointError(RuntimeError):
@@ -61,12 +74,102 @@ def _history_buffer_getstate(self) -> dict:
     return state
 
 
-def allow_mmengine_checkpoints() -> None:
+_HISTORY_BUFFER_ORIGINAL = {}
+
+
+def history_buffer_state_patched() -> bool:
+    """Whether ``HistoryBuffer.__getstate__`` is mmpetl's."""
     from mmengine.logging.history_buffer import HistoryBuffer
+    return HistoryBuffer.__dict__.get('__getstate__') is \
+        _history_buffer_getstate
+
+
+def patch_history_buffer_state() -> bool:
+    """MMEngine's ``HistoryBuffer`` pickles without the default statistics
+    methods (what torch's safe loader refuses); see the module doc.
+
+    Returns:
+        bool: True if this call installed it.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if history_buffer_state_patched():
+        return False
+    _HISTORY_BUFFER_ORIGINAL['__getstate__'] = HistoryBuffer.__dict__.get(
+        '__getstate__')
     HistoryBuffer.__getstate__ = _history_buffer_getstate
-    add = getattr(torch.serialization, 'add_safe_globals', None)
-    if add is not None:
-        add(mmengine_checkpoint_globals())
+    return True
+
+
+def unpatch_history_buffer_state() -> bool:
+    """Give ``HistoryBuffer`` MMEngine's own ``__getstate__`` back.
+
+    Returns:
+        bool: True if this call removed mmpetl's.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if not history_buffer_state_patched():
+        return False
+    original = _HISTORY_BUFFER_ORIGINAL.pop('__getstate__', None)
+    if original is None:
+        del HistoryBuffer.__getstate__
+    else:
+        HistoryBuffer.__getstate__ = original
+    return True
+
+
+_SAFE_GLOBALS_BEFORE = {}
+
+
+def mmengine_checkpoints_allowed() -> bool:
+    """Whether torch's process-wide allow-list holds MMEngine's classes
+    (:func:`allow_mmengine_checkpoints`)."""
+    return 'before' in _SAFE_GLOBALS_BEFORE
+
+
+def allow_mmengine_checkpoints() -> bool:
+    """Add the classes MMEngine writes into its checkpoints to torch's
+    process-wide ``weights_only`` allow-list (for the Runner's
+    ``--resume``; never ``getattr``).
+
+    Returns:
+        bool: True if this call added them.
+    """
+    serialization = torch.serialization
+    if not hasattr(serialization, 'get_safe_globals') or \
+            mmengine_checkpoints_allowed():
+        return False  # torch < 2.5 loads with weights_only=False by default
+    _SAFE_GLOBALS_BEFORE['before'] = list(serialization.get_safe_globals())
+    serialization.add_safe_globals(mmengine_checkpoint_globals())
+    return True
+
+
+def disallow_mmengine_checkpoints() -> bool:
+    """Torch's allow-list as it was before
+    :func:`allow_mmengine_checkpoints`.
+
+    Returns:
+        bool: True if this call restored it.
+    """
+    if not mmengine_checkpoints_allowed():
+        return False
+    before = _SAFE_GLOBALS_BEFORE.pop('before')
+    torch.serialization.clear_safe_globals()
+    if before:
+        torch.serialization.add_safe_globals(before)
+    return True
+
+
+@contextlib.contextmanager
+def _mmengine_globals_allowed():
+    """MMEngine's classes allowed for the loads inside the block only."""
+    scoped = getattr(torch.serialization, 'safe_globals', None)
+    if scoped is None:  # torch 2.4: no scoped form, only the global list
+        torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
+    if scoped is None or mmengine_checkpoints_allowed():
+        yield
+        return
+    with scoped(mmengine_checkpoint_globals()):
+        yield
 
 
 def _torch_reason(err: Exception) -> str:
@@ -88,7 +191,8 @@ def load_checkpoint_file(path: str) -> Dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        with _mmengine_globals_allowed():  # a Runner's own checkpoints
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # corrupt, truncated, or unsafe content
         found = re.search(r'GLOBAL ([\w.]+)', str(err))
         if found:  # the unpickler refused a callable/class before running it

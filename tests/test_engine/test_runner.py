@@ -139,7 +139,8 @@ def test_safe_loading_without_mmpetl_fails_and_with_it_is_narrow(tmp_path):
                            text=True)
     assert 'refused' in plain.stdout, plain.stderr
     with_mmpetl = subprocess.run(
-        [sys.executable, '-c', 'import mmpetl\n' + code],
+        [sys.executable, '-c',
+         'import mmpetl\nmmpetl.apply_patches()\n' + code],
         capture_output=True, text=True)
     assert 'loaded' in with_mmpetl.stdout, with_mmpetl.stderr
 
@@ -151,7 +152,7 @@ def test_safe_loading_without_mmpetl_fails_and_with_it_is_narrow(tmp_path):
     evil = tmp_path / 'evil.pth'
     with open(evil, 'wb') as f:
         pickle.dump(dict(state_dict={}, payload=Evil()), f)
-    import mmpetl  # noqa: F401  (allow-list active in this process)
+    import mmpetl  # noqa: F401  (conftest applied the allow-list)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(evil, weights_only=True)
     assert not (tmp_path / 'x').exists()

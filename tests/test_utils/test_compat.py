@@ -46,7 +46,7 @@ def test_multimodal_models_become_explained_placeholders():
 @pytest.mark.parametrize('package,version,expected', [
     ('mmcv', '2.2.0', 'mmcv: 2.2.0 installed, mmpetl supports >=2.0.0,<2.2.0'),
     ('mmdet', '2.28.2', 'mmdet: 2.28.2 installed'),
-    ('torch', '1.13.1', 'torch: 1.13.1 installed, mmpetl supports >=2.0.0'),
+    ('torch', '2.3.1', 'torch: 2.3.1 installed, mmpetl supports >=2.4.0'),
     ('mmengine', None, 'mmengine: not installed'),
 ])
 def test_version_check_names_installed_and_supported(monkeypatch, package,

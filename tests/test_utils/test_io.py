@@ -8,12 +8,13 @@ import time
 import pytest
 import torch
 
-import mmpetl  # noqa: F401  (patches the Runner's writer)
+import mmpetl  # noqa: F401  (conftest applies its patches: the writer)
 from mmpetl.utils import load_checkpoint_file
 
 WRITER = '''
 import sys, torch
 import mmpetl
+mmpetl.apply_patches(['atomic_checkpoint_save'])
 from mmengine.runner import runner
 big = {"state_dict": {f"w{i}": torch.randn(1 << 20) for i in range(400)}}
 print("writing", flush=True)
@@ -28,7 +29,8 @@ def test_kill_mid_write_keeps_previous_checkpoint(tmp_path):
                path)
     proc = subprocess.Popen([sys.executable, '-c', WRITER, str(path)],
                             stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == 'writing'
+    lines = iter(proc.stdout.readline, '')  # after mmpetl's log line
+    assert any(line.strip() == 'writing' for line in lines)
     time.sleep(0.2)  # 1.6 GB of tensors: still being written
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
