@@ -149,8 +149,11 @@ _HEAD_INPUT_DIMS = {'hidden_states': 1, 'references': 0}
 
 def _routed_forward(module: nn.Module, original, groups: TaskGroups,
                     name: str, *args, **kwargs):
-    """A head module's forward during a mixed batch: per task group."""
-    return route_call(original, args, kwargs, groups, module, 0, name)
+    """A head module's forward during a mixed batch: per task group. What
+    the transformer hands such a module (Deformable DETR's
+    ``reg_branches[i](query)``) is per sample, batch-first."""
+    return route_call(original, args, kwargs, groups, module, 0, name,
+                      in_dims=0, kwarg_dims=0)
 
 
 class TaskBank:

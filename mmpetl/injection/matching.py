@@ -1,4 +1,4 @@
-"""Target matching: one pure function over module names (as in HF PEFT).
+r"""Target matching: one pure function over module names (as in HF PEFT).
 
 * a ``str`` is a regular expression that must match the *whole* name;
 * a list/tuple of ``str`` matches a name equal to an item or ending with

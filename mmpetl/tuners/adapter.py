@@ -60,6 +60,7 @@ class ParallelAdapter(BaseTuner):
     """
 
     attr_name = 'adapter'
+    routed_kwargs = ('x', 'input')  # what _hook reads per sample
     host_types = (FFN, nn.Linear)
     routable = True
 

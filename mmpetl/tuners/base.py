@@ -52,6 +52,12 @@ class BaseTuner(nn.Module, metaclass=ABCMeta):
     #: the tuner computes its part per task group while ``routing`` is set
     #: (mixed-task batches, :mod:`mmpetl.tuners.routing`)
     routable: bool = False
+    #: what ``_hook`` reads per sample while routing: the positions of the
+    #: host's positional arguments and the names of its keyword arguments
+    #: (the host's output always holds samples); every other input reaches
+    #: ``_hook`` whole (``spatial_shapes``, ``level_start_index``, masks)
+    routed_args: Tuple[int, ...] = (0, )
+    routed_kwargs: Tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,26 +128,41 @@ class BaseTuner(nn.Module, metaclass=ABCMeta):
 
     # -- mixed-task batches ------------------------------------------------
     def route(self, fn: Callable, args: Tuple, dim: int,
-              kwargs: Optional[Dict] = None):
+              kwargs: Optional[Dict] = None, *, in_dims,
+              kwarg_dims=None):
         """``fn(*args, **kwargs)`` once per task group of ``routing``, with
         that task's tensors in this tuner, stitched in sample order along
-        the batch dimension ``dim`` (:func:`~mmpetl.tuners.routing.
-        route_call`); routing is off inside the calls."""
+        the batch dimension ``dim`` of its outputs; ``in_dims`` /
+        ``kwarg_dims`` declare which arguments hold samples
+        (:func:`~mmpetl.tuners.routing.route_call`); routing is off inside
+        the calls."""
         groups, self.routing = self.routing, None
         try:
             return route_call(fn, args, kwargs, groups, self, dim,
-                              type(self).__name__)
+                              type(self).__name__, in_dims=in_dims,
+                              kwarg_dims=kwarg_dims)
         finally:
             self.routing = groups
 
     def routed_hook(self, host: nn.Module, *args):
         """The forward hook tuners register: ``self._hook(host, *args)``,
-        per task group while routing (batch dimension of ``host``'s
-        tensors: :func:`~mmpetl.tuners.routing.batch_dim_of`)."""
+        per task group while routing. ``args`` are the hook's ``(inputs,
+        output)`` or ``(inputs, kwargs, output)``; the inputs named by
+        ``routed_args`` / ``routed_kwargs`` and the output are cut along
+        ``host``'s batch dimension
+        (:func:`~mmpetl.tuners.routing.batch_dim_of`), the rest is passed
+        whole."""
         if self.routing is None:
             return self._hook(host, *args)
-        return self.route(functools.partial(self._hook, host), args,
-                          batch_dim_of(host))
+        dim = batch_dim_of(host)
+        inputs = tuple(dim if i in self.routed_args else None
+                       for i in range(max(self.routed_args, default=-1) + 1))
+        if len(args) == 3:  # registered with_kwargs
+            in_dims = (inputs, {k: dim for k in self.routed_kwargs}, dim)
+        else:
+            in_dims = (inputs, dim)
+        return self.route(functools.partial(self._hook, host), args, dim,
+                          in_dims=in_dims)
 
     # -- health -----------------------------------------------------------
     @torch.no_grad()

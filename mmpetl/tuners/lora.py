@@ -159,8 +159,8 @@ class LoRAFusedAttention(_LoRAMixin, BaseTuner):
     def add_to_projections(self, q, k, v, query, key, value):
         """``(q, k, v) + deltas`` (health stats on the value path)."""
         if self.routing is not None:  # a batch of several tasks: (L, B, d)
-            return self.route(self.add_to_projections,
-                              (q, k, v, query, key, value), 1)
+            return self.route(self.add_to_projections,  # all (L, B, d)
+                              (q, k, v, query, key, value), 1, in_dims=1)
         d_q, d_k, d_v = self.in_proj_deltas(query, key, value)
         if self.recording:
             self.record_change(torch.cat([q, k, v]).flatten(),

@@ -37,7 +37,7 @@ Initialisations (``init``):
   (Li & Liang found real-activation inits far better than random). The
   ``parallel`` form keeps ``P_v = 0`` (exact at init). Done before the first
   step by :class:`mmpetl.engine.hooks.TunerInitHook` (or
-  :func:`mmpetl.tuners.init_prefixes_from_activations`); training without
+  :func:`mmpetl.models.init_prefixes_from_activations`); training without
   it is refused.
 
 Masks apply to the real keys only; prefix slots are always attended.
@@ -245,7 +245,7 @@ class PrefixBase(BaseTuner):
                 f'initialised from activations: mmpetl.TunerInitHook does '
                 f'it before the first training step (it is in '
                 f'configs/_base_/petl_runtime.py); outside a Runner call '
-                f'mmpetl.tuners.init_prefixes_from_activations(model, '
+                f'mmpetl.models.init_prefixes_from_activations(model, '
                 f'batches) first.')
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -418,7 +418,10 @@ class ScaledPrefix(PrefixBase):
             Tensor: ``(B, H, L, d_h)``.
         """
         if self.routing is not None:  # a batch of several tasks
-            return self.route(self.attend, (q, k, v, attn_mask, dropout_p), 0)
+            # q, k, v: (B, H, L|S, d_h); the mask holds samples only as a
+            # 4-d (B|1, H|1, L, S) tensor, an (L, S) one is passed whole
+            return self.route(self.attend, (q, k, v, attn_mask, dropout_p),
+                              0, in_dims=(0, 0, 0, -4, None))
         if self._collected is not None:  # activation init: frozen host
             valid = None
             if attn_mask is not None and attn_mask.shape[0] == q.shape[0]:

@@ -25,6 +25,8 @@ class SerialAdapter(ParallelAdapter):
     """
 
     attr_name = 'serial_adapter'
+    routed_args = (0, 1)  # what _hook reads per sample: x, identity
+    routed_kwargs = ('x', 'identity')
     host_types = (FFN, )
 
     @classmethod

@@ -58,6 +58,7 @@ class UTuner(BaseTuner):
     """
 
     attr_name = 'utuner'
+    routed_kwargs = ('query', 'x')  # what _hook reads per sample
     routable = True
 
     def __init__(self, dims: int, bottleneck: int = 64,
