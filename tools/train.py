@@ -17,6 +17,7 @@ from mmengine.config import DictAction
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import mmpetl  # noqa: E402,F401  (before mmdet: transformers guard etc.)
 from tool_utils import load_config, setup_cpu_distributed  # noqa: E402
+from mmpetl.engine.start import check_base_loaded, resolve_resume  # noqa
 from mmpetl.utils.config_check import ConfigError, check_config  # noqa
 
 
@@ -81,12 +82,11 @@ def build_cfg(args):
     if args.amp:  # dynamic loss scaling for fp16, none for bf16
         cfg.optim_wrapper.type = 'mmpetl.AmpOptimWrapper'
         cfg.optim_wrapper.dtype = args.amp_dtype
-    if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
+    # --resume without a path: the work dir's last checkpoint, else the
+    # config's load_from (never a random frozen base; see mmpetl.engine.start)
+    note = resolve_resume(cfg, args.resume)
+    if note:
+        print(note)
     return cfg
 
 
@@ -94,6 +94,8 @@ def main():
     args = parse_args()
     cfg = build_cfg(args)
     check_config(cfg, mode='train')  # paths, num_classes: before any build
+    check_base_loaded(cfg)  # a PETL model's frozen base from a checkpoint
+    mmpetl.apply_patches()  # MMCV/MMEngine as mmpetl runs them (logged)
     setup_cpu_distributed(cfg, args.launcher)
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner

@@ -158,7 +158,8 @@ class MultiTaskDetector:
         self.base_checkpoint = base_checkpoint
         self.base_sha256 = base_sha256(base_checkpoint)
         base = load_checkpoint_file(base_checkpoint)
-        model = build_tuned_model(cfg.model, base, skip_other_shapes=True)
+        model = build_tuned_model(cfg.model, base, skip_other_shapes=True,
+                                  base_source=base_checkpoint)
         del base
         self.model = model.to(device).eval()
         self.bank = TaskBank(self.model)

@@ -19,49 +19,124 @@ mmpetl to build: the config then keeps ``custom_imports=['mmpetl']`` and
 :func:`plain_config` names those types.
 """
 import copy
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
+import torch
 import torch.nn as nn
 
-from mmpetl.utils import atomic_save, atomic_write, load_checkpoint_file
+from mmpetl.utils import (CheckpointError, atomic_save, atomic_write,
+                          load_checkpoint_file)
 from .apply import load_tuner_state
 from .base import check_base, state_dict_of
 from .format import MARKER, load_tuner_checkpoint
 
 __all__ = ['export_checkpoint', 'build_tuned_model', 'NotMergeableError',
-           'plain_config', 'write_plain_config']
+           'plain_config', 'write_plain_config', 'load_base_state',
+           'BaseLoadError']
 
 
 class NotMergeableError(TypeError):
     """Tuners that cannot be folded into a plain model."""
 
 
+class BaseLoadError(CheckpointError):
+    """A base checkpoint that does not fill the model's frozen tensors."""
+
+
+def _first(keys: List[str], show: int = 5) -> str:
+    more = f' ... and {len(keys) - show} more' if len(keys) > show else ''
+    return ', '.join(keys[:show]) + more
+
+
+def load_base_state(model: nn.Module, state: Dict[str, torch.Tensor],
+                    source: str = 'base checkpoint',
+                    replaced: Collection[str] = ()) -> None:
+    """Load a base checkpoint's tensors into a ``PETLModel``, strictly.
+
+    Every tensor of the model must come from ``state`` with its shape,
+    except the tuners' (a base has none: they keep their init) and those in
+    ``replaced`` (what a tuner checkpoint or a registered task writes next:
+    the trained heads, which may have other shapes). A frozen tensor left
+    at its random init would give wrong results without an error.
+
+    Args:
+        model: the ``PETLModel``.
+        state: the base's tensors by key (:func:`state_dict_of`).
+        source: the base's file, for messages.
+        replaced: keys that may be missing from ``state`` or differ in
+            shape (they are not loaded then).
+
+    Raises:
+        BaseLoadError: naming the missing, unexpected and mismatched keys.
+    """
+    own = model.state_dict()
+    tuners = tuple(n + '.' for n, _ in model.tuner_modules())
+    replaced = set(replaced)
+    missing = sorted(k for k in own if k not in state and
+                     not k.startswith(tuners) and k not in replaced)
+    unexpected = sorted(k for k in state if k not in own)
+    other = sorted(k for k in state if k in own and k not in replaced and
+                   tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or other:
+        lines = []
+        if missing:
+            lines.append(f'{len(missing)} frozen tensor(s) of the model '
+                         f'missing from it: {_first(missing)}')
+        if unexpected:
+            lines.append(f'{len(unexpected)} tensor(s) the model does not '
+                         f'have: {_first(unexpected)}')
+        if other:
+            shown = [f'{k}: model {tuple(own[k].shape)} vs file '
+                     f'{tuple(state[k].shape)}' for k in other]
+            lines.append(f'{len(other)} tensor(s) of other shapes: '
+                         f'{_first(shown, 3)}')
+        raise BaseLoadError(
+            f'{source} does not fit the model the config builds:\n  ' +
+            '\n  '.join(lines) + '\nThe frozen model would run with '
+            'random tensors. Use the base checkpoint of this architecture '
+            '(the one the tuners were trained on, with its class count); '
+            'only tuner tensors and the trained parts may be absent.')
+    model.load_state_dict({k: v for k, v in state.items()
+                           if k not in replaced or
+                           tuple(own[k].shape) == tuple(v.shape)},
+                          strict=False)
+
+
 def build_tuned_model(model_cfg: Dict, base: Dict,
                       tuner: Optional[Dict] = None,
                       tuner_source: str = 'tuner checkpoint',
-                      skip_other_shapes: Optional[bool] = None) -> nn.Module:
+                      skip_other_shapes: Optional[bool] = None,
+                      base_source: str = 'base checkpoint') -> nn.Module:
     """A ``PETLModel`` from its config, loaded with a base checkpoint dict
     (and a tuner checkpoint dict, already checked against the base); eval.
+
+    The base is loaded strictly (:func:`load_base_state`): only tuner
+    tensors, and with ``skip_other_shapes`` the trained parts, may be
+    missing from it or (the trained parts) have other shapes.
 
     Args:
         model_cfg: the ``PETLModel`` config.
         base: the loaded base checkpoint.
         tuner: a loaded tuner checkpoint, or None.
         tuner_source: the tuner's file, for messages.
-        skip_other_shapes: leave base tensors whose shape differs from the
-            model's (a head with other classes) out; default: when a tuner
-            is given (its heads replace them).
+        skip_other_shapes: let the trained parts (the tuner checkpoint's
+            tensors; without one, what the model's ``trainable`` selects,
+            which tasks replace) differ from the base (a head with other
+            classes); default: when a tuner is given.
+        base_source: the base's file, for messages.
+
+    Raises:
+        BaseLoadError: the base does not fill the model's frozen tensors.
     """
     from mmengine.registry import MODELS
     model = MODELS.build(model_cfg)
-    own = model.state_dict()
-    state = state_dict_of(base)
     if skip_other_shapes is None:
         skip_other_shapes = tuner is not None
+    replaced = ()
     if skip_other_shapes:  # trained heads replace the base's classes
-        state = {k: v for k, v in state.items()
-                 if k in own and own[k].shape == v.shape}
-    model.load_state_dict(state, strict=False)
+        replaced = set(tuner['state_dict']) if tuner is not None else set(
+            getattr(model, 'trainable_names', ()))
+    load_base_state(model, state_dict_of(base), base_source, replaced)
     if tuner is not None:
         load_tuner_state(model, tuner, tuner_source)
     return model.eval()
@@ -92,7 +167,8 @@ def export_checkpoint(model_cfg: Dict, base_path: str, tuner_path: str,
     base = load_checkpoint_file(base_path)
     tuner = load_tuner_checkpoint(tuner_path)
     check_base(tuner, base_path, force)
-    model = build_tuned_model(model_cfg, base, tuner, tuner_path)
+    model = build_tuned_model(model_cfg, base, tuner, tuner_path,
+                              base_source=base_path)
     report = model.merge_for_deploy()
     if report['unmerged']:
         kinds = sorted({type(t).__name__ for n, t in model.tuner_modules()

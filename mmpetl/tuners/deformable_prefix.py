@@ -44,6 +44,7 @@ class DeformablePrefix(PrefixBase):
     """
 
     forms = ('parallel', )
+    routed_kwargs = ('query', 'query_pos')  # what _hook reads per sample
 
     @classmethod
     def from_host(cls, host: nn.Module, **kwargs) -> 'DeformablePrefix':
