@@ -146,6 +146,9 @@ fi
 CUDA_FLAG=--require-cuda; [ "$DRY_RUN" = 1 ] && CUDA_FLAG=
 "$PY" "$GPU_TOOLS/import_check.py" $CUDA_FLAG --extra "$BENCH" 2>&1 | tee "$R/import_check.log"
 [ "${PIPESTATUS[0]}" = 0 ] || fail "import check failed (see above)" 4
+if grep -q '^demo-only modules missing' "$R/import_check.log" && want demo; then
+  STEPS=$(echo " $STEPS " | sed 's/ demo / /'); log "demo step dropped: $(grep '^demo-only' "$R/import_check.log")"
+fi
 if [ "$DRY_RUN" = 1 ]; then
   # what the device cannot check before the build: the exact argv parses
   "$PY" - "$BENCH" "$DEMO" "${BENCH_CMD[@]:2}" -- "${DEMO_CMD[@]:2}" <<'PY' \
@@ -177,6 +180,7 @@ fi
 # -- 2. mmcv 2.1.0 with CUDA ops (~245 s on 16 cores; C++20 for torch >= 2.10)
 if want build && ! ls "$MMCV_SRC"/mmcv/_ext*.so >/dev/null 2>&1; then
   l=$(left); log "build mmcv ($l s left)"
+  [ "$l" -gt 120 ] || fail "only $l s left for the ~245 s mmcv build" 5
   (cd "$MMCV_SRC" && sed -i "s/'-std=c++17'/'-std=c++20'/g" setup.py &&
    MMCV_WITH_OPS=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
    MAX_JOBS=$(nproc) timeout -k 5 $(( l - 20 )) "$PY" setup.py build_ext --inplace) \
