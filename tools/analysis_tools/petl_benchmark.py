@@ -249,6 +249,8 @@ def _msda_backend(device, fallback):
     import torch
 
     from mmpetl.ops import msda_backend, msda_fallback
+    from mmpetl.patches import apply_patches
+    apply_patches(['msda_fp32'])  # as in the workers (measure_config)
     with msda_fallback(fallback):
         return msda_backend(torch.device(device))
 
