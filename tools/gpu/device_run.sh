@@ -57,7 +57,10 @@ else
   S=${GPU_SCRATCH:-/tmp/gpu}; PY=${PY:-python3}
   OUT=${OUT:?the device tool sets OUT; for a local check use DRY_RUN=1}
 fi
-R=$S/res; MMCV_SRC=$S/mmcv/mmcv-2.1.0
+# results of this call only (a second call on a warm machine reuses $S's
+# kit and build, not the first call's results)
+R=$S/res.$T0; MMCV_SRC=$S/mmcv/mmcv-2.1.0
+[ -e "$GPU_TOOLS/device_run.sh" ] || { echo "run me from the project root"; exit 2; }
 mkdir -p "$S" "$R" "$OUT"
 export PYTHONUNBUFFERED=1
 
