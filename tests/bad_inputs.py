@@ -33,7 +33,7 @@ from mmpetl.utils.config_check import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / 'docs' / 'bad_inputs.md'
 DEMO_ET = ROOT / 'configs/demo/et-deformable-detr_mnv2_demo-target.py'
-COCO_DETR = ROOT / 'configs/et_detr_r50_coco.py'
+COCO_DETR = ROOT / 'configs/et-detr_r50_8xb2-150e_coco.py'
 
 
 @dataclass

@@ -41,7 +41,7 @@ def tiny_cifar(tmp_path, monkeypatch):
 
 
 def test_et_vit_cifar100_trains_and_evaluates(tmp_path, tiny_cifar):
-    cfg = Config.fromfile(str(ROOT / 'configs/et_vit_cifar100.py'))
+    cfg = Config.fromfile(str(ROOT / 'configs/et-vit-b16_8xb16-200e_cifar100.py'))
     assert cfg.train_dataloader.dataset.type == 'CIFAR100'
     assert cfg.train_dataloader.dataset.download is False  # never downloads
     cfg.merge_from_dict({
@@ -77,7 +77,7 @@ def test_et_vit_cifar100_trains_and_evaluates(tmp_path, tiny_cifar):
 
 
 def test_missing_cifar_names_the_folder(tmp_path):
-    cfg = Config.fromfile(str(ROOT / 'configs/et_vit_cifar100.py'))
+    cfg = Config.fromfile(str(ROOT / 'configs/et-vit-b16_8xb16-200e_cifar100.py'))
     from mmpretrain.datasets import CIFAR100
     with pytest.raises(RuntimeError, match=str(tmp_path)):
         CIFAR100(data_root=str(tmp_path), split='train', download=False,

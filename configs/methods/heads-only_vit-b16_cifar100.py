@@ -1,4 +1,4 @@
-# heads_only on ViT-B/16: see configs/_base_/tuners/heads_only.py
-_base_ = ['../_base_/archs/vit-b16_cifar100.py', '../_base_/tuners/heads_only.py']
+# heads-only on ViT-B/16: see configs/_base_/tuners/heads-only.py
+_base_ = ['../_base_/archs/vit-b16_cifar100.py', '../_base_/tuners/heads-only.py']
 model = dict(tuners=_base_.tuners,
              trainable=_base_.heads + _base_.extra_trainable)

@@ -1,4 +1,4 @@
-# utuning_ffn on deformable-detr_r50_coco: see configs/_base_/tuners/utuning_ffn.py
-_base_ = ['../_base_/archs/deformable_detr_r50_coco.py', '../_base_/tuners/utuning_ffn.py']
+# utuning-ffn on deformable-detr_r50_coco: see configs/_base_/tuners/utuning-ffn.py
+_base_ = ['../_base_/archs/deformable-detr_r50_coco.py', '../_base_/tuners/utuning-ffn.py']
 model = dict(tuners=_base_.tuners,
              trainable=_base_.heads + _base_.extra_trainable)

@@ -1,4 +1,4 @@
-# utuning_first_layer on DETR R50: see configs/_base_/tuners/utuning_first_layer.py
-_base_ = ['../_base_/archs/detr_r50_coco.py', '../_base_/tuners/utuning_first_layer.py']
+# utuning-first-layer on DETR R50: see configs/_base_/tuners/utuning-first-layer.py
+_base_ = ['../_base_/archs/detr_r50_coco.py', '../_base_/tuners/utuning-first-layer.py']
 model = dict(tuners=_base_.tuners,
              trainable=_base_.heads + _base_.extra_trainable)

@@ -1,4 +1,4 @@
-# utuning_first_layer on ViT-B/16: see configs/_base_/tuners/utuning_first_layer.py
-_base_ = ['../_base_/archs/vit-b16_cifar100.py', '../_base_/tuners/utuning_first_layer.py']
+# utuning-first-layer on ViT-B/16: see configs/_base_/tuners/utuning-first-layer.py
+_base_ = ['../_base_/archs/vit-b16_cifar100.py', '../_base_/tuners/utuning-first-layer.py']
 model = dict(tuners=_base_.tuners,
              trainable=_base_.heads + _base_.extra_trainable)

@@ -1,4 +1,4 @@
 # utuning on Deformable DETR R50: see configs/_base_/tuners/utuning.py
-_base_ = ['../_base_/archs/deformable_detr_r50_coco.py', '../_base_/tuners/utuning.py']
+_base_ = ['../_base_/archs/deformable-detr_r50_coco.py', '../_base_/tuners/utuning.py']
 model = dict(tuners=_base_.tuners,
              trainable=_base_.heads + _base_.extra_trainable)

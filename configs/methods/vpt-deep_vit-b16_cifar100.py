@@ -1,4 +1,4 @@
-# vpt_deep on ViT-B/16: see configs/_base_/tuners/vpt_deep.py
-_base_ = ['../_base_/archs/vit-b16_cifar100.py', '../_base_/tuners/vpt_deep.py']
+# vpt-deep on ViT-B/16: see configs/_base_/tuners/vpt-deep.py
+_base_ = ['../_base_/archs/vit-b16_cifar100.py', '../_base_/tuners/vpt-deep.py']
 model = dict(tuners=_base_.tuners,
              trainable=_base_.heads + _base_.extra_trainable)

@@ -1,4 +1,4 @@
-# vpt_shallow on ViT-B/16: see configs/_base_/tuners/vpt_shallow.py
-_base_ = ['../_base_/archs/vit-b16_cifar100.py', '../_base_/tuners/vpt_shallow.py']
+# vpt-shallow on ViT-B/16: see configs/_base_/tuners/vpt-shallow.py
+_base_ = ['../_base_/archs/vit-b16_cifar100.py', '../_base_/tuners/vpt-shallow.py']
 model = dict(tuners=_base_.tuners,
              trainable=_base_.heads + _base_.extra_trainable)

@@ -105,7 +105,7 @@ def test_absolute_ann_file_wins_over_data_root(tmp_path):
 
 
 def test_remote_paths_are_not_checked(tmp_path, loaded):
-    cfg = copy.deepcopy(loaded['configs/et_detr_r50_coco.py'])
+    cfg = copy.deepcopy(loaded['configs/et-detr_r50_8xb2-150e_coco.py'])
     with pytest.raises(ConfigError, match=r'(?s)data/coco does not exist.*'
                        r'dataset_prepare'):
         check_config(cfg, mode='train')
@@ -145,7 +145,7 @@ def test_wrapped_datasets(tmp_path):
 
 
 def test_classification_configs(tmp_path, loaded):
-    cfg = copy.deepcopy(loaded['configs/et_vit_cifar100.py'])
+    cfg = copy.deepcopy(loaded['configs/et-vit-b16_8xb16-200e_cifar100.py'])
     with pytest.raises(ConfigError, match=r'(?s)train_dataloader\.dataset\.'
                        r'data_root: folder .*data/cifar100 does not exist '
                        r'\(CIFAR100\).*cifar-100-python'):

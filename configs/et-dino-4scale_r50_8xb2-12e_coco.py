@@ -3,9 +3,8 @@
 # deformable and multi-head) and the heads trained, with DINO's denoising
 # label embedding (new with new classes). Start from MMDetection's DINO
 # checkpoint at `load_from`; tuner keys are reported missing, as expected.
-_base_ = [
-    './_base_/archs/dino-4scale_r50_coco.py',
-    './_base_/tuners/etta.py',
-]
-model = dict(tuners=_base_.tuners,
-             trainable=_base_.heads + _base_.extra_trainable)
+#
+# The method itself is configs/methods/etta_dino-4scale_r50_coco.py (one source
+# of truth); this entry names the schedule its base trains with (8 GPUs x 2
+# images, 12 epochs), as MMDetection names configs.
+_base_ = ['./methods/etta_dino-4scale_r50_coco.py']

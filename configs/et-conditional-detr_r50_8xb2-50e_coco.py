@@ -3,9 +3,8 @@
 # ConditionalAttention takes the prefixes (cross-attention: P_k in its
 # concatenated content+positional key space). Start from MMDetection's
 # checkpoint at `load_from`.
-_base_ = [
-    './_base_/archs/conditional-detr_r50_coco.py',
-    './_base_/tuners/etta.py',
-]
-model = dict(tuners=_base_.tuners,
-             trainable=_base_.heads + _base_.extra_trainable)
+#
+# The method itself is configs/methods/etta_conditional-detr_r50_coco.py (one
+# source of truth); this entry names the schedule its base trains with (8 GPUs
+# x 2 images, 50 epochs), as MMDetection names configs.
+_base_ = ['./methods/etta_conditional-detr_r50_coco.py']

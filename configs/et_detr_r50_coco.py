@@ -1,8 +1,0 @@
-# ET-DETR on COCO: DETR R50 (MMDetection 3.x) frozen, ETTA's tuners and the
-# heads trained. Start from a full DETR checkpoint at `load_from`.
-_base_ = [
-    './_base_/archs/detr_r50_coco.py',
-    './_base_/tuners/etta.py',
-]
-model = dict(tuners=_base_.tuners,
-             trainable=_base_.heads + _base_.extra_trainable)
