@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     mmpetl's."""
     parser = argparse.ArgumentParser(description='Test (and eval) a model')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint (the base with --tuner)')
+    parser.add_argument('checkpoint',
+                        help='checkpoint (the base with --tuner)')
     parser.add_argument('--tuner', action='append', metavar='[TASK=]TUNER',
                         help='a tuner checkpoint (*_tuner.pth), or '
                         'TASK=TUNER, repeated for several tasks')
@@ -299,7 +300,6 @@ def _run(cfg):
 
 def main():
     args = parse_args()
-    mmpetl.apply_patches()  # MMCV/MMEngine as mmpetl runs them (logged)
     mmpetl.apply_patches()  # MMCV/MMEngine as mmpetl runs them (logged)
     base_cfg = load_config(args)
     plans = task_configs(args, base_cfg) if args.tuner else None
