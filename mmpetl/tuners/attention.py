@@ -277,7 +277,10 @@ def conditional_attention_forward(
             host.kcontent_proj(query) + host.kpos_proj(query_pos),
             host.v_proj(query), (mixed, mixed, query))
         q, k = split(q), split(k)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), split(v).transpose(1, 2)
+    # contiguous: SDPA's math kernel (q/k wider than v here) sums strided
+    # inputs in an order that depends on the batch, so a routed task group
+    # would differ from the whole batch in the last bit
+    q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, split(v)))
     if key_padding_mask is not None and \
             not key_padding_mask.dtype.is_floating_point:
         key_padding_mask = key_padding_mask.bool()  # mmdet: int -> bool

@@ -4,11 +4,20 @@ MSDA samples values at learned offsets; it has no keys to prepend
 prefixes to. ETTA's prefix keeps its unified additive form instead (the
 ``parallel`` form of :mod:`mmpetl.tuners.prefix`):
 
-    out = MSDA(q) + s * W_o * concat_h( softmax(q_h P_k,h^T / sqrt(d_h)) P_v,h )
+    out = MSDA(q) + W_o' (s * concat_h( softmax(q_h P_k,h^T / sqrt(d_h)) P_v,h ))
 
 ``q`` is the query plus its positional embedding, split over the heads
-like MSDA's values; ``W_o`` is MSDA's frozen ``output_proj`` weight (its
-bias is already in ``MSDA(q)``).
+like MSDA's values. ``W_o'`` is the weight MSDA's ``output_proj`` applies:
+its frozen weight ``W_o`` plus, when a LoRA sits on ``output_proj``, that
+LoRA's ``(a/r) B A``, merged into ``W_o`` or not (the bias is already in
+``MSDA(q)``). The branch is thus what the parallel prefix of a
+``MultiheadAttention`` is: an attention over the prefixes added to the
+heads' output before the output projection, the tuned projection
+included (up to MSDA's output dropout, which acts on ``MSDA(q)`` only).
+So :meth:`~mmpetl.tuners.LoRALinear.merge` of that LoRA changes no output
+(tested: ``tests/test_tuners/test_property_matrix.py``), and in a
+mixed-task batch each sample's branch is projected with its own task's
+LoRA (the LoRA routes its term itself).
 
 Initialisations (``init``, as for :class:`~mmpetl.tuners.ScaledPrefix`):
 
@@ -44,7 +53,6 @@ class DeformablePrefix(PrefixBase):
     """
 
     forms = ('parallel', )
-    routed_kwargs = ('query', 'query_pos')  # what _hook reads per sample
 
     @classmethod
     def from_host(cls, host: nn.Module, **kwargs) -> 'DeformablePrefix':
@@ -53,7 +61,9 @@ class DeformablePrefix(PrefixBase):
         return cls(host.embed_dims, host.num_heads, **kwargs)
 
     def _install(self, host: nn.Module) -> None:
-        host.register_forward_hook(self.routed_hook, with_kwargs=True)
+        # not routed_hook: the prefix part routes itself (forward) and a
+        # LoRA on output_proj routes its own term (project)
+        host.register_forward_hook(self._hook, with_kwargs=True)
 
     def _hook(self, host, args, kwargs, output):
         query = args[0] if args else kwargs['query']
@@ -69,7 +79,7 @@ class DeformablePrefix(PrefixBase):
                 else None
             self.collect(self.split(query), None, valid)
             return output
-        branch = self.forward(query, host.output_proj.weight)
+        branch = self.project(host, self.forward(query))
         if not host.batch_first:
             branch = branch.transpose(0, 1)
         if self.recording:
@@ -81,14 +91,42 @@ class DeformablePrefix(PrefixBase):
         bsz, length, _ = query.shape
         return query.view(bsz, length, self.num_heads, -1).transpose(1, 2)
 
-    def forward(self, query: torch.Tensor,
-                out_weight: torch.Tensor) -> torch.Tensor:
-        """``s * W_o * Attn(q, P_k, P_v)`` for a ``(bs, n, d)`` query."""
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        """``s * concat_h(Attn(q_h, P_k,h, P_v,h))``, before the output
+        projection, per task group while routing.
+
+        Args:
+            query: ``(B, N, d)`` queries (positions added).
+
+        Returns:
+            Tensor: ``(B, N, d)``.
+        """
+        if self.routing is not None:  # a batch of several tasks
+            return self.route(self.forward, (query, ), 0, in_dims=0)
         self._check_ready()
         bsz, length, dims = query.shape
         q = self.split(query)
         attn = F.scaled_dot_product_attention(
             q, self.heads(self.prefix_k, bsz, q.dtype),
             self.heads(self.prefix_v, bsz, q.dtype))
-        attn = attn.transpose(1, 2).reshape(bsz, length, dims)
-        return self.scale * F.linear(attn, out_weight.to(attn.dtype))
+        return self.scale * attn.transpose(1, 2).reshape(bsz, length, dims)
+
+    @staticmethod
+    def project(host: nn.Module, heads: torch.Tensor) -> torch.Tensor:
+        """``W_o' heads``: the host's ``output_proj`` weight, plus the
+        delta of an unmerged LoRA on it (merged, it is in the weight),
+        without the bias.
+
+        Args:
+            host: the ``MultiScaleDeformableAttention``.
+            heads: ``(B, N, d)`` branch before the projection.
+
+        Returns:
+            Tensor: ``(B, N, d)``.
+        """
+        proj = host.output_proj
+        out = F.linear(heads, proj.weight.to(heads.dtype))
+        lora = getattr(proj, 'lora', None)
+        if lora is not None and not lora.merged:
+            out = out + lora.delta(heads, 0)
+        return out

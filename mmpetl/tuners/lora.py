@@ -108,6 +108,26 @@ class LoRALinear(_LoRAMixin, BaseTuner):
             return output
         return self.add_change(output, self.low_rank(args[0], self.lora_B))
 
+    def delta(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """``(a/r) B A x``: what this (unmerged) LoRA adds to its host's
+        output for the input ``x``, per task group while routing.
+
+        For a tuner that projects its own branch with the host's tuned
+        weight ``W + (a/r) B A`` (:class:`~mmpetl.tuners.DeformablePrefix`
+        on MSDA's ``output_proj``); no health stats are recorded.
+
+        Args:
+            x: ``(..., in_features)`` input.
+            dim: the batch dimension of ``x`` (for routing).
+
+        Returns:
+            Tensor: ``(..., out_features)``.
+        """
+        if self.routing is not None:  # a batch of several tasks
+            return self.route(self.delta, (x, dim), dim,
+                              in_dims=(dim, None))
+        return self.low_rank(x, self.lora_B)
+
     @torch.no_grad()
     def merge(self) -> bool:
         if not self.merged:

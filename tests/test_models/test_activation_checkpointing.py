@@ -5,7 +5,10 @@ Tolerance for "equal": fp32 ``atol=1e-6, rtol=1e-5`` (measured on these
 models: a max difference of 0, the recomputation redoes the same ops in
 the same order); bf16 autocast ``atol=1e-6, rtol=1e-5`` too (measured 0).
 Dropout stays on (0.1 in the MMDetection configs the small models come
-from) in every comparison.
+from) in every comparison. Every trainable tensor is moved off its init
+first (:func:`move_off_init`) and every compared gradient must be non-zero:
+with the default inits most of them are exactly 0 (zero ``up``, ``P_v``
+and last box layers), and 0 equals 0 whatever the recomputation does.
 """
 import contextlib
 import copy
@@ -24,6 +27,8 @@ from mmpetl.models import (PETLModel, apply_activation_checkpointing,
                            resolve_checkpoint_targets)
 from tests.conftest import (cls_batch, det_batch, small_deformable_cfg,
                             small_detr_cfg, small_vit_cfg)
+from tests.test_tuners.matrix_hosts import \
+    move_off_init as move_tuners_off_init
 
 ETTA = [dict(type='ParallelAdapter', presets=['ffn'], bottleneck=8),
         dict(type='ScaledPrefix', presets=['attn'], num_prefix=4)]
@@ -42,11 +47,23 @@ def build(arch, ckpt, tuners=ETTA, trainable=('bbox_head', ), state=None,
     if state is not None:
         model.load_state_dict(state)
     else:
-        with torch.no_grad():  # the prefix branches start at s=0: open them
-            for name, p in model.named_parameters():
-                if p.requires_grad and p.dim() == 0:
-                    p.fill_(0.5)
+        move_off_init(model)
     return model.train()
+
+
+@torch.no_grad()
+def move_off_init(model, seed=0):
+    """Every tuner tensor to a random value (``matrix_hosts.move_off_init``)
+    and every other trainable tensor (the heads: Deformable DETR zero-inits
+    its last box layers) moved by ``N(0, 0.05^2)``: with default inits the
+    zero ``up``/``P_v``/last layers leave many gradients exactly 0, and a
+    comparison of zeros proves nothing."""
+    move_tuners_off_init(model, seed)
+    tuner_ids = model.tuner_parameter_ids()
+    gen = torch.Generator().manual_seed(seed + 1)
+    for param in model.parameters():
+        if param.requires_grad and id(param) not in tuner_ids:
+            param.add_(torch.randn(param.shape, generator=gen) * 0.05)
 
 
 def loss_of(model, seed=1, batch=None):
@@ -70,8 +87,11 @@ def grads(model, seed=1, batch=None, context=contextlib.nullcontext):
 
 
 def assert_all_close(a, b):
-    """Same names, every tensor within TOL; returns the max difference."""
+    """Same names, every tensor non-zero and within TOL; returns the max
+    difference."""
     assert a.keys() == b.keys() and len(a) > 5
+    zero = [k for k in a if not a[k].abs().sum() > 0]
+    assert not zero, f'gradients exactly 0 (compared 0 with 0): {zero}'
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], **TOL)
@@ -265,9 +285,6 @@ def test_vit_layers_with_etta():
                  state=plain.state_dict())
     assert ckpt.checkpointed_layers == ['backbone.layers.0',
                                         'backbone.layers.1']
-    with torch.no_grad():  # the new head starts at zero: open it
-        for model in (plain, ckpt):
-            model.head.layers.head.weight.fill_(0.1)
     batch = cls_batch()
     assert assert_all_close(grads(plain, batch=batch),
                             grads(ckpt, batch=batch)) == 0.0
