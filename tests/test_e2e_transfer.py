@@ -153,8 +153,13 @@ def test_test_tool_tta_wraps_the_tuned_model(setup, tmp_path):
 
 def test_mismatched_base_is_refused_by_test_tool(setup):
     tmp, data = setup['tmp'], setup['data']
-    # same weights as the base, but not the file the tuners were tied to
-    proc = run([PY, 'tools/test.py', ET, tmp / 'base/iter_2.pth', '--tuner',
+    # the base's tensors, one of them changed: other weights
+    ckpt = torch.load(tmp / 'base/iter_2.pth', weights_only=True)
+    state = ckpt['state_dict']
+    key = next(k for k in state if k.startswith('backbone.'))
+    state[key] = state[key] + 1e-3
+    torch.save(dict(state_dict=state), tmp / 'other_base.pth')
+    proc = run([PY, 'tools/test.py', ET, tmp / 'other_base.pth', '--tuner',
                 tmp / 'et/iter_2_tuner.pth', '--work-dir', tmp / 't4',
                 '--cfg-options'] + data_options(data, 'target'))
     assert proc.returncode != 0
@@ -446,7 +451,8 @@ def test_sigkill_then_resume_ends_bit_identical(setup, tmp_path):
     for key, value in a['state_dict'].items():
         assert torch.equal(value, b['state_dict'][key]), key
     # the resumed run's tuners still name the base they belong to
-    for key in ('base_checkpoint', 'base_sha256', 'base_keys_hash', 'iter'):
+    for key in ('base_checkpoint', 'base_content_sha256',
+                'base_content_keys_hash', 'iter'):
         assert a['meta'][key] == b['meta'][key], key
     assert b['meta']['base_checkpoint'] == base.name
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from mmpetl.checkpoints import (base_sha256, build_tuned_model, check_base,
-                                load_tuner_checkpoint)
+                                frozen_digests, load_tuner_checkpoint)
 from mmpetl.utils import load_checkpoint_file
 from mmpetl.utils.config_check import dataset_classes
 from .tasks import Task, TaskBank, TaskError
@@ -196,17 +196,20 @@ class MultiTaskDetector:
             classes: its class names; default: the file's ``meta.classes``,
                 else the config's test dataset classes if their count fits.
             force_base: accept a tuner trained on another base of the same
-                architecture (``--force-base``).
+                architecture, or one that records no base
+                (``--force-base``).
 
         Raises:
-            BaseMismatchError: trained on another base (hashes named).
+            BaseMismatchError: trained on another base (hashes named), or
+                records no base (:class:`UnpinnedTunerError`).
             TaskError: a taken name, another tuner structure, class names
                 that do not fit the head.
         """
         self._live()
         tuner = load_tuner_checkpoint(tuner_checkpoint)
         check_base(tuner, self.base_checkpoint, force_base,
-                   sha256=self.base_sha256)
+                   sha256=self.base_sha256, digests=self._base_digests(),
+                   tuner_path=tuner_checkpoint)
         meta_classes = tuner['meta'].get('classes')
         task = self.bank.add(name, tuner['state_dict'],
                              classes if classes is not None else
@@ -218,6 +221,13 @@ class MultiTaskDetector:
                 self.bank.remove(name)
                 raise
         return task
+
+    def _base_digests(self):
+        """Digests of the model's frozen tensors (what tuner checkpoints are
+        pinned to), computed on the first call."""
+        if getattr(self, '_frozen_digests', None) is None:
+            self._frozen_digests = frozen_digests(self.model)
+        return self._frozen_digests
 
     def _fallback_classes(self, task: Task):
         config = self.config_classes

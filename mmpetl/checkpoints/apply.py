@@ -3,7 +3,7 @@ from typing import Dict, Optional, Sequence
 
 from mmpetl.injection import parameter_matches
 from mmpetl.utils import atomic_save, load_checkpoint_file
-from .base import check_base, check_shapes, state_dict_of
+from .base import check_base, check_shapes, state_dict_of, tensor_digests
 from .format import MARKER, load_tuner_checkpoint
 
 __all__ = ['apply_tuner_checkpoint', 'load_tuner_state', 'check_tuner_fits']
@@ -23,7 +23,8 @@ def apply_tuner_checkpoint(base_path: str, tuner_path: str,
         base_path: the shared base checkpoint.
         tuner_path: a tuner checkpoint written by mmpetl.
         out_path: where to write the result (atomic); None: only return it.
-        force: apply to a base with other weights (same architecture).
+        force: apply to a base with other weights (same architecture), or
+            a tuner checkpoint that records no base.
 
     Returns:
         dict: ``{'state_dict', 'meta'}``.
@@ -31,7 +32,8 @@ def apply_tuner_checkpoint(base_path: str, tuner_path: str,
     tuner = load_tuner_checkpoint(tuner_path)
     base = load_checkpoint_file(base_path)
     state = state_dict_of(base)
-    check_base(tuner, base_path, force)
+    check_base(tuner, base_path, force, digests=tensor_digests(state),
+               tuner_path=tuner_path)
     tuned = tuner['state_dict']
     trainable = tuner['meta'].get('trainable') or []
     check_shapes(state, {k: v for k, v in tuned.items()

@@ -7,9 +7,15 @@ declared trainable parts such as the heads) plus ``meta``::
         mmpetl_tuner_checkpoint=1,      # format marker
         mmpetl_version='0.1.0',
         tuners=[...], trainable=...,    # the PETLModel's config
-        base_sha256='...',              # sha256 of the base checkpoint file
-        base_keys_hash='...',           # sha256 of its sorted (key, shape) list
-        base_checkpoint='name.pth')
+        base_content_sha256='...',      # the frozen tensors it trained on
+        base_content_keys_hash='...',   # sha256 of their (key, shape) list
+        base_content_tensors=N,         # their count
+        base_checkpoint='name.pth')     # the base's file name (or None)
+
+The pin is computed from the model when the file is written (see
+:mod:`mmpetl.checkpoints.base`), so it holds however the base was loaded
+(a local file, a URL, ``init_cfg``). Files written by older mmpetl carry
+``base_sha256``/``base_keys_hash`` (the base file's hashes) instead.
 
 One shared base checkpoint plus a small tuner checkpoint per task rebuild
 the full model. A path ending in ``.safetensors`` stores the same content
@@ -23,7 +29,7 @@ from typing import Dict, Optional
 
 from mmpetl.utils import (CheckpointError, atomic_save, atomic_write,
                           load_checkpoint_file)
-from .base import base_meta
+from .base import model_pin
 
 __all__ = ['MARKER', 'tuner_checkpoint', 'write_tuner_checkpoint',
            'save_tuner_checkpoint', 'load_tuner_checkpoint']
@@ -36,11 +42,16 @@ def tuner_checkpoint(model, base_path: Optional[str] = None,
                      extra_meta: Optional[Dict] = None) -> Dict:
     """The tuner checkpoint dict of a ``PETLModel``.
 
+    The base pin is the model's frozen tensors as they are now (hashed
+    once per call), whatever file they came from.
+
     Args:
         model: a ``PETLModel``.
-        base_path: the base checkpoint the model was loaded from, recorded
-            in the meta (or give ``base_*`` keys in ``extra_meta``).
-        extra_meta: merged into ``meta`` last.
+        base_path: the base checkpoint the model was loaded from; only its
+            file name is recorded (``base_checkpoint``), the pin comes from
+            the model.
+        extra_meta: merged into ``meta`` last (``base_checkpoint`` here
+            names the base too; pin keys here are ignored).
     """
     state = {k: v.detach().cpu() for k, v in model.tuner_state_dict().items()}
     trainable = getattr(model, 'trainable_patterns', [])
@@ -52,8 +63,12 @@ def tuner_checkpoint(model, base_path: Optional[str] = None,
         list(trainable),
         'time': datetime.datetime.now().isoformat(timespec='seconds'),
     }
-    meta.update(base_meta(base_path))
+    meta['base_checkpoint'] = os.path.basename(str(base_path)) \
+        if base_path else None
     meta.update(extra_meta or {})
+    for key in ('base_sha256', 'base_keys_hash'):  # file pins: not ours
+        meta.pop(key, None)
+    meta.update(model_pin(model, state))
     return {'state_dict': state, 'meta': meta}
 
 
@@ -78,6 +93,8 @@ def write_tuner_checkpoint(ckpt: Dict, path: str) -> None:
 
 def save_tuner_checkpoint(model, path: str, base_path: Optional[str] = None,
                           extra_meta: Optional[Dict] = None) -> Dict:
+    """Write :func:`tuner_checkpoint` of ``model`` to ``path`` (atomic;
+    ``.safetensors`` or torch format) and return it."""
     ckpt = tuner_checkpoint(model, base_path, extra_meta)
     write_tuner_checkpoint(ckpt, path)
     return ckpt

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from mmpetl.models import PETLModel, build_inner_model
-from mmpetl.checkpoints import (BaseMismatchError, NotMergeableError,
-                                apply_tuner_checkpoint, export_checkpoint,
-                                load_tuner_checkpoint, save_tuner_checkpoint)
-from mmpetl.utils import CheckpointError, load_checkpoint_file, sha256_file
+from mmpetl.checkpoints import (PIN_SHA, BaseMismatchError,
+                                NotMergeableError, apply_tuner_checkpoint,
+                                content_pin, export_checkpoint,
+                                load_tuner_checkpoint, save_tuner_checkpoint,
+                                tensor_digests)
+from mmpetl.utils import CheckpointError, load_checkpoint_file
 from tests.conftest import small_detr_cfg, tensor_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +54,11 @@ def test_tuner_checkpoint_apply_reproduces_predictions(tmp_path, base):
     tuner_path = tmp_path / 'iter_1_tuner.pth'
     ckpt = save_tuner_checkpoint(model, str(tuner_path), str(base))
     meta = ckpt['meta']
-    assert meta['base_sha256'] == sha256_file(base)
+    assert meta['base_checkpoint'] == 'base.pth'
+    frozen = {k: v for k, v in torch.load(base)['state_dict'].items()
+              if k not in ckpt['state_dict']}
+    assert meta[PIN_SHA] == content_pin(tensor_digests(frozen))[PIN_SHA]
+    assert meta['base_content_tensors'] == len(frozen)
     assert meta['tuners'][0]['type'] == 'ParallelAdapter'
     assert meta['trainable'] == ['bbox_head']
     assert meta['mmpetl_version']
@@ -225,35 +231,3 @@ def test_safetensors_tuner_checkpoint_round_trip(tmp_path, base):
     save_file({'w': torch.zeros(2)}, str(plain))
     with pytest.raises(CheckpointError, match='without mmpetl meta'):
         load_tuner_checkpoint(str(plain))
-
-
-def test_base_is_hashed_once_and_not_unpickled_when_it_matches(
-        tmp_path, base, monkeypatch):
-    """The base's sha256 is computed once per process and file (cached by
-    size and mtime); checking a matching base reads no tensors; a changed
-    file is hashed again."""
-    from mmpetl.checkpoints import base as base_module
-    from mmpetl.checkpoints import base_meta, check_base
-    calls = []
-    real = base_module.sha256_file
-    monkeypatch.setattr(base_module, 'sha256_file',
-                        lambda p: calls.append(p) or real(p))
-    copy = tmp_path / 'copy.pth'
-    copy.write_bytes(base.read_bytes())
-    meta = base_meta(str(copy))
-    assert meta['base_sha256'] == sha256_file(base) and len(calls) == 1
-    tuner = {'meta': dict(meta)}
-
-    def no_read(path):
-        raise AssertionError('the base was read although its hash matched')
-
-    monkeypatch.setattr(base_module, '_file_keys_hash', no_read)
-    for _ in range(3):
-        check_base(tuner, str(copy))
-    assert len(calls) == 1
-    state = torch.load(base)['state_dict']
-    state['backbone.conv1.weight'] += 1
-    torch.save(dict(state_dict=state), copy)
-    monkeypatch.undo()
-    with pytest.raises(BaseMismatchError, match='same architecture'):
-        check_base(tuner, str(copy))

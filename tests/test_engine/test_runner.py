@@ -119,7 +119,8 @@ def test_train_load_from_and_resume(tmp_path, base_checkpoint):
     metas = [torch.load(tmp_path / f'iter_{i}_tuner.pth',
                         weights_only=True)['meta'] for i in (4, 6)]
     assert metas[1]['iter'] == 6
-    for key in ('base_checkpoint', 'base_sha256', 'base_keys_hash'):
+    for key in ('base_checkpoint', 'base_content_sha256',
+                'base_content_keys_hash'):
         assert metas[0][key] == metas[1][key], key
     assert metas[1]['base_checkpoint'] == 'vanilla.pth'
 
@@ -187,8 +188,7 @@ def test_non_finite_loss_stops_before_checkpointing(tmp_path, base_checkpoint):
 
 
 def test_tuner_checkpoints_as_safetensors(tmp_path, base_checkpoint):
-    from mmpetl.checkpoints import load_tuner_checkpoint
-    from mmpetl.utils import sha256_file
+    from mmpetl.checkpoints import check_base, load_tuner_checkpoint
     runner = runner_for(tmp_path, 2, load_from=str(base_checkpoint))
     runner.register_hook(dict(type='mmpetl.TunerCheckpointHook',
                               file_format='safetensors'))
@@ -196,7 +196,8 @@ def test_tuner_checkpoints_as_safetensors(tmp_path, base_checkpoint):
     path = tmp_path / 'iter_2_tuner.safetensors'
     assert path.read_bytes()[8:9] == b'{'  # a safetensors JSON header
     ckpt = load_tuner_checkpoint(str(path))
-    assert ckpt['meta']['base_sha256'] == sha256_file(base_checkpoint)
+    check_base(ckpt, str(base_checkpoint))  # pinned to the base's tensors
+    assert ckpt['meta']['base_content_sha256']
     assert ckpt['meta']['iter'] == 2
     model = runner.model
     for key, value in ckpt['state_dict'].items():

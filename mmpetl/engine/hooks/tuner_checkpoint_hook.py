@@ -1,15 +1,18 @@
 """Tuner-only checkpoints beside the regular ones, and loading them back.
 
-In distributed runs the base checkpoint is hashed (and checked) on rank 0
-only; the result, or the error, is broadcast so every rank acts alike.
+Tuner checkpoints are pinned to the frozen tensors of the model when they
+are written (see :mod:`mmpetl.checkpoints.base`): a ``load_from`` URL, a
+local file or a resumed run pin alike. Loading one back checks the model's
+frozen tensors against that pin on rank 0; the result, or the error, is
+broadcast so every rank acts alike.
 """
 import os.path as osp
 
 from mmengine.hooks import Hook
 
-from mmpetl.checkpoints import (base_meta, check_base, load_tuner_checkpoint,
-                                load_tuner_state, tuner_checkpoint,
-                                write_tuner_checkpoint)
+from mmpetl.checkpoints import (check_base, check_tuner_fits, frozen_digests,
+                                load_tuner_checkpoint, load_tuner_state,
+                                tuner_checkpoint, write_tuner_checkpoint)
 from mmpetl.registry import HOOKS
 from mmpetl.utils import on_rank0, unwrap_model
 
@@ -32,9 +35,10 @@ def _dataset_classes(runner):
 class TunerCheckpointHook(Hook):
     """Write ``<name>_tuner.pth`` beside every checkpoint ``CheckpointHook``
     saves: the trainable tensors plus meta (mmpetl version, tuner config,
-    the base checkpoint's sha256 and key-list hash, taken from the run's
-    ``load_from``, and ``classes``: the training dataset's class names, so
-    that inference can name what the task's head predicts).
+    the pin of the base: a sha256 over the model's frozen tensors, hashed
+    at each save, and the file name of the run's ``load_from``; and
+    ``classes``: the training dataset's class names, so that inference
+    can name what the task's head predicts).
 
     Args:
         file_format (str): ``'pth'`` (torch, loaded with safe loading) or
@@ -64,23 +68,21 @@ class TunerCheckpointHook(Hook):
         self._classes = _dataset_classes(runner)
         if getattr(runner, '_resume', False):
             # load_from is now None (auto resume) or the checkpoint resumed
-            # from, not the base: the base recorded when the run started
-            # comes back with the message hub
-            resumed = runner.message_hub.get_info(BASE_META_KEY)
-            if resumed is None:
-                runner.logger.warning(
-                    'mmpetl: the resumed checkpoint does not name the base '
-                    'checkpoint: tuner checkpoints will not be tied to a '
-                    'base file')
-            self._base_meta = dict(base_meta(None), **(resumed or {}))
+            # from, not the base: the base's name recorded when the run
+            # started comes back with the message hub (the pin is taken
+            # from the model's frozen tensors at each save anyway)
+            resumed = runner.message_hub.get_info(BASE_META_KEY) or {}
+            self._base_meta = dict(
+                base_checkpoint=resumed.get('base_checkpoint'))
             return
         base = runner._load_from
-        if not (base and osp.isfile(base)):
+        if not base:
             runner.logger.warning(
                 'mmpetl: no base checkpoint (load_from) for this run: tuner '
-                'checkpoints will not be tied to a base file')
-            base = None
-        self._base_meta = on_rank0(lambda: base_meta(base))
+                'checkpoints are pinned to the frozen weights the model was '
+                'built with (its init_cfg, or random)')
+        self._base_meta = dict(
+            base_checkpoint=osp.basename(str(base)) if base else None)
         # saved with every checkpoint, restored on resume
         runner.message_hub.update_info(BASE_META_KEY, self._base_meta)
 
@@ -121,13 +123,14 @@ class LoadTunerHook(Hook):
 
     ``load_from`` gives the base; this hook (added by ``tools/test.py
     --tuner``, or in a config) then loads the tuner tensors, after checking
-    (on rank 0, by its sha256) that the base is the one they were trained
-    on.
+    (on rank 0) that the model's frozen tensors are the ones they were
+    trained on (the pin, see :mod:`mmpetl.checkpoints.base`), whether the
+    base came from a file, a URL or the backbone's ``init_cfg``.
 
     Args:
         tuner_checkpoint (str): path of a ``*_tuner.pth``.
         force_base (bool): accept a base with other weights of the same
-            architecture.
+            architecture, or a tuner checkpoint that records no base.
     """
 
     priority = 'VERY_HIGH'
@@ -142,11 +145,13 @@ class LoadTunerHook(Hook):
         if self._done:
             return
         tuner = load_tuner_checkpoint(self.tuner_checkpoint)
-        base = runner._load_from
-        if base:
-            on_rank0(lambda: check_base(tuner, base, self.force_base))
-        load_tuner_state(unwrap_model(runner.model), tuner,
-                         self.tuner_checkpoint)
+        model = unwrap_model(runner.model)
+        check_tuner_fits(model.state_dict(), tuner, self.tuner_checkpoint)
+        base = getattr(runner, '_load_from', None)
+        on_rank0(lambda: check_base(
+            tuner, base or 'the model (no load_from)', self.force_base,
+            digests=frozen_digests(model), tuner_path=self.tuner_checkpoint))
+        load_tuner_state(model, tuner, self.tuner_checkpoint)
         runner.logger.info(f'mmpetl: loaded {len(tuner["state_dict"])} tuner '
                            f'tensors from {self.tuner_checkpoint}')
         self._done = True
