@@ -809,6 +809,14 @@ def _routing_undeclared(tmp):
                in_dims=(0, None))
 
 
+def _routing_declared_size(tmp):
+    from mmpetl.tuners.routing import TaskGroups, route_call
+    groups = TaskGroups(2, [(torch.tensor([0]), {}, 'a'),
+                            (torch.tensor([1]), {}, 'b')])
+    route_call(lambda x: x, (torch.ones(3, 4), ), None, groups,
+               torch.nn.Identity(), 0, 'MyTuner', in_dims=0)
+
+
 def _unknown_patch(tmp):
     import mmpetl
     mmpetl.apply_patches(['msda'])
@@ -835,6 +843,12 @@ LOADING_CASES = [
          _routing_undeclared, RoutingError,
          r"MyTuner: task 'a' has 1 of the 2 samples but its routed output "
          r'has 2 rows.*Declare it'),
+    Case('routing-declared-size', 'tasks',
+         'a routed tuner function declares a per-sample input whose size '
+         'is not a multiple of the batch (`in_dims`)',
+         _routing_declared_size, RoutingError,
+         r'MyTuner args\[0\]: declared to hold the 2 samples along '
+         r'dimension 0, but it has shape \(3, 4\).*declare it None'),
     Case('unknown-patch', 'tools',
          '`mmpetl.apply_patches([\'msda\'])`: a patch name that does not '
          'exist', _unknown_patch, KeyError,

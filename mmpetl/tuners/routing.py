@@ -180,8 +180,9 @@ def take_samples(obj, samples: torch.Tensor, dim: Optional[int],
         return obj.index_select(dim, _rows(samples, rows, batch_size,
                                            obj.device))
     if isinstance(obj, (tuple, list)):
-        return type(obj)(take_samples(o, samples, dim, batch_size, what,
-                                      seen) for o in obj)
+        return type(obj)(take_samples(o, samples, dim, batch_size,
+                                      f'{what}[{i}]', seen)
+                         for i, o in enumerate(obj))
     if isinstance(obj, dict):
         return {k: take_samples(v, samples, dim, batch_size,
                                 f'{what}[{k!r}]', seen)
