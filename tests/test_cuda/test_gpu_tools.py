@@ -146,3 +146,34 @@ def test_import_check_drops_only_the_demo(monkeypatch, capsys):
     assert check.before_build([], require_cuda=False) == 1
     out = capsys.readouterr().out
     assert 'safetensors: not installed (imported by mmpetl/' in out
+
+
+def test_device_run_steps_are_bounded(tmp_path):
+    """device_run.sh's run(): a step stops at its cap (its children too),
+    one with under 20 s of the deadline left is skipped, both recorded in
+    steps.tsv, and the results are packed after each step."""
+    text = (ROOT / 'tools/gpu/device_run.sh').read_text()
+    funcs = [text[text.index(f'\n{name}() {{') + 1:] for name in
+             ('left', 'log', 'pack', 'run')]
+    funcs = [f[:f.index('\n}\n') + 3] if f.startswith('run') else
+             f[:f.index('\n') + 1] for f in funcs]
+    script = tmp_path / 'harness.sh'
+    script.write_text('set -u\nT0=$(date +%s); DEADLINE=100\n'
+                      f'R={tmp_path}/res; OUT={tmp_path}/out\n'
+                      'mkdir -p $R $OUT\n' + ''.join(funcs) +
+                      "run capped 2 bash -c 'sleep 30 & wait'\n"
+                      'run quick 50 bash -c "exit 3"\n'
+                      'T0=$(( T0 - 90 ))\n'
+                      'run late 50 true\n')
+    proc = subprocess.run(['bash', str(script)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = [r.split('\t') for r in
+            (tmp_path / 'res/steps.tsv').read_text().splitlines()]
+    assert [r[:2] for r in rows] == [['capped', '124'], ['quick', '3'],
+                                     ['late', 'skipped']]
+    assert int(rows[0][2]) < 10  # stopped at its 2 s cap
+    assert 'TIMED OUT after 2 s' in proc.stdout
+    listing = subprocess.run(['tar', 'tzf', str(tmp_path / 'out/results.tgz')],
+                             capture_output=True, text=True).stdout
+    assert './capped.log' in listing and './steps.tsv' in listing

@@ -76,11 +76,12 @@ fail() { log "STOP: $1"; exit "$2"; }
 run() {
   local name=$1 cap=$2; shift 2
   local l budget rc start
-  l=$(left); budget=$(( l - 10 )); [ "$budget" -gt "$cap" ] && budget=$cap
+  l=$(left); budget=$(( l - 10 ))
   if [ "$budget" -lt 20 ]; then
     log "skip $name: $l s left"; printf '%s\tskipped\t0\t%s\n' "$name" \
       "$budget" >> "$R/steps.tsv"; return 0
   fi
+  [ "$budget" -gt "$cap" ] && budget=$cap
   log "start $name (budget $budget s of $l s left): $*"
   start=$(date +%s)
   timeout -k 5 "$budget" "$@" > "$R/$name.log" 2>&1; rc=$?
