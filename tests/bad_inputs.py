@@ -26,7 +26,8 @@ from mmpetl.engine.hooks.frozen_check_hook import (FrozenParamsChanged,
                                                    NonFiniteWeightsError)
 from mmpetl.engine.hooks.non_finite_loss_hook import NonFiniteLossError
 from mmpetl.apis import ImageReadError, RoutingError, TaskError
-from mmpetl.checkpoints import BaseMismatchError, ShapeMismatchError
+from mmpetl.checkpoints import (BaseMismatchError, ShapeMismatchError,
+                                UnpinnedTunerError)
 from mmpetl.utils import CheckpointError
 from mmpetl.utils.config_check import ConfigError
 
@@ -350,6 +351,7 @@ def _base(tmp: Path) -> Path:
 def _tuner(tmp: Path, base: Path, tuners=TUNERS) -> Path:
     from mmpetl.checkpoints import save_tuner_checkpoint
     model = _build(tuners, ['bbox_head'])
+    model.load_state_dict(torch.load(base)['state_dict'], strict=False)
     path = tmp / 'iter_200_tuner.pth'
     save_tuner_checkpoint(model, str(path), str(base))
     return path
@@ -436,6 +438,42 @@ def _other_arch(state):
     state['backbone.conv1.weight'] = torch.zeros(64, 3, 3, 3)
 
 
+def _unpinned(tmp):
+    """A tuner checkpoint without any base pin (an older mmpetl run without
+    load_from) applied to a base."""
+    from mmpetl.checkpoints import apply_tuner_checkpoint
+    base = _base(tmp)
+    path = _tuner(tmp, base)
+    ckpt = torch.load(path, weights_only=True)
+    for key in list(ckpt['meta']):
+        if key.startswith('base_'):
+            ckpt['meta'][key] = None
+    torch.save(ckpt, path)
+    apply_tuner_checkpoint(str(base), str(path))
+
+
+def _file_pin_url_base(tmp):
+    """A tuner checkpoint pinned by base file sha256 (older mmpetl) loaded
+    by `tools/test.py --tuner` whose base (`load_from`) is a URL."""
+    from mmengine.logging import MMLogger
+
+    from mmpetl.checkpoints import base_meta
+    from mmpetl.engine.hooks.tuner_checkpoint_hook import LoadTunerHook
+    base = _base(tmp)
+    path = _tuner(tmp, base)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt['meta'] = {k: v for k, v in ckpt['meta'].items()
+                    if not k.startswith('base_')}
+    ckpt['meta'].update(base_meta(str(base)))
+    torch.save(ckpt, path)
+    model = _build(TUNERS, ['bbox_head'])
+    model.load_state_dict(torch.load(base)['state_dict'], strict=False)
+    runner = SimpleNamespace(
+        _load_from='https://example.com/models/base.pth', model=model,
+        logger=MMLogger.get_instance('mmpetl_bad'))
+    LoadTunerHook(str(path)).before_test(runner)
+
+
 def _load_tuner(tmp, model_tuners):
     from mmengine.logging import MMLogger
 
@@ -481,12 +519,28 @@ CHECKPOINT_CASES = [
          'other weights)',
          lambda tmp: _other_base(tmp, _same_arch_other_weights),
          BaseMismatchError,
-         r'trained on base `base\.pth`.*same architecture.*'
+         r'trained on base `base\.pth` \(frozen tensors sha256 '
+         r'[0-9a-f]{12}\.\.\.\), but .*other_base\.pth has frozen tensors '
+         r'sha256 [0-9a-f]{12}\.\.\. \(same architecture, other weights\)'
+         r'.*--force-base'),
+    Case('tuner-unpinned', 'checkpoint',
+         'tuner checkpoint that records no base (written by an older '
+         'mmpetl from a run without `load_from`) applied to a base',
+         _unpinned, UnpinnedTunerError,
+         r'iter_200_tuner\.pth records no base.*Pass force=True '
+         r'\(--force-base\).*re-save it'),
+    Case('tuner-file-pin-url', 'checkpoint',
+         'tuner checkpoint pinned by its base file\'s sha256 (older mmpetl) '
+         'with `load_from` a URL (`tools/test.py --tuner`)',
+         _file_pin_url_base, BaseMismatchError,
+         r'pinned to the sha256 of its base file `base\.pth`.*https://'
+         r'example\.com/models/base\.pth is not a local file.*local file.*'
          r'--force-base'),
     Case('tuner-other-arch', 'checkpoint',
          'tuner checkpoint applied to a base of another architecture',
          lambda tmp: _other_base(tmp, _other_arch), BaseMismatchError,
-         r'trained on base `base\.pth`.*different architecture'),
+         r'trained on base `base\.pth`.*different architecture: \d+ frozen '
+         r'tensors whose keys/shapes differ'),
     Case('tuner-other-sizes', 'checkpoint',
          'tuner checkpoint (bottleneck 8) loaded into a model built with '
          'bottleneck 16 (`tools/test.py --tuner`)',
@@ -532,14 +586,16 @@ def _infer_unknown_task(tmp):
 
 
 def _infer_other_base(tmp):
-    from mmpetl.checkpoints import base_meta, write_tuner_checkpoint
+    from mmpetl.checkpoints import (content_pin, tensor_digests,
+                                    write_tuner_checkpoint)
     from mmpetl.checkpoints.format import MARKER
-    base, other = tmp / 'base.pth', tmp / 'other_base.pth'
+    base = tmp / 'base.pth'
     torch.save(dict(state_dict={'w': torch.zeros(4)}), base)
-    torch.save(dict(state_dict={'w': torch.ones(4)}), other)
+    pin = content_pin(tensor_digests({'w': torch.ones(4)}))  # another base
     (tmp / 'a.png').write_bytes(b'')
     write_tuner_checkpoint(dict(state_dict={'t': torch.zeros(2)}, meta=dict(
-        base_meta(str(other)), **{MARKER: 1})), str(tmp / 'a_tuner.pth'))
+        pin, base_checkpoint='other_base.pth', **{MARKER: 1})),
+        str(tmp / 'a_tuner.pth'))
     infer, args = _infer_args(tmp, '--tuner', f'garments={tmp}/a_tuner.pth')
     infer.check_inputs(args)
 
@@ -616,8 +672,9 @@ TASK_CASES = [
          '`tools/infer.py` with a tuner trained on another base (same '
          'architecture, other weights)', _infer_other_base,
          BaseMismatchError,
-         r'trained on base `other_base\.pth` \(sha256 [0-9a-f]{12}\.\.\.\)'
-         r'.*base\.pth has sha256 .*--force-base'),
+         r'trained on base `other_base\.pth` \(frozen tensors sha256 '
+         r'[0-9a-f]{12}\.\.\.\).*base\.pth has frozen tensors sha256 .*'
+         r'--force-base'),
     Case('task-classes-vs-head', 'tasks',
          '`tools/test.py` with two tasks; one tuner (written before class '
          'names were recorded) has a 3-class head, its dataset 5 classes',
