@@ -17,8 +17,8 @@ from mmengine.config import DictAction
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import mmpetl  # noqa: E402,F401  (before mmdet: transformers guard etc.)
 from tool_utils import load_config, setup_cpu_distributed  # noqa: E402
-from mmpetl.engine.start import check_base_loaded, resolve_resume  # noqa
 from mmpetl.utils.config_check import ConfigError, check_config  # noqa
+from mmpetl.engine.start import check_base_loaded, resolve_resume  # noqa
 
 
 def build_parser() -> argparse.ArgumentParser:
