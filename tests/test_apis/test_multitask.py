@@ -107,6 +107,25 @@ def test_mixed_batch_predicts_like_each_task_alone(det):
     assert int(mixed[1].pred_instances.labels.max()) >= 3  # B's 5 classes
 
 
+def test_mixed_batch_is_bit_identical_on_one_thread(det):
+    """The claim of mmpetl.apis.tasks: on one thread each image of a mixed
+    batch gets exactly (torch.equal) its task's detections from the same
+    batch run with that task alone; the tasks' tuners and heads all
+    differ, so a mis-routed image would not."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pictures = images()
+        tasks = ['A', 'B', 'A', 'C']
+        mixed = det.predict(pictures, task=tasks, batch_size=4)
+        alone = {n: det.predict(pictures, task=n, batch_size=4)
+                 for n in 'ABC'}
+    finally:
+        torch.set_num_threads(threads)
+    for i, name in enumerate(tasks):
+        _same(mixed[i], alone[name][i])
+
+
 def test_task_registry_errors(det, files):
     with pytest.raises(TaskError, match=r"unknown task 'D'; known tasks: "
                        r"'A', 'B', 'C'"):
