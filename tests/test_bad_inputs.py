@@ -77,6 +77,10 @@ EXPECTED = {
                          r'force=True \(--force-base\)'),
     'tuner-unpinned': (UnpinnedTunerError, r'records no base',
                        r'force=True \(--force-base\).*re-save it'),
+    'tuner-file-pin-url': (BaseMismatchError, r'pinned to the sha256 of its '
+                           r'base file .*is not a local file',
+                           r'Give the base checkpoint as a local file, or '
+                           r'pass force=True \(--force-base\)'),
     'non-finite-loss': (NonFiniteLossError, r'non-finite loss at iteration '
                         r'42', r'last checkpoint is .*iter_40\.pth.*resume'),
     'frozen-moved': (FrozenParamsChanged, r"1 frozen parameters changed.*"
