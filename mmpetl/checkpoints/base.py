@@ -222,8 +222,11 @@ def check_base(tuner_ckpt: Dict, base_path: Optional[str],
             f'{what} was trained on base `{meta.get("base_checkpoint")}` '
             f'(frozen tensors sha256 {meta[PIN_SHA][:12]}...), but {where} '
             f'has frozen tensors sha256 {got[PIN_SHA][:12]}... ({detail}). '
-            f'Use the base it was trained on, or pass force=True '
-            f'(--force-base) to apply it anyway.', force and same_arch)
+            + ('Use the base it was trained on, or pass force=True '
+               '(--force-base) to apply it anyway.' if same_arch else
+               'Use the base it was trained on, with the config it was '
+               'trained with (--force-base does not apply tuners to another '
+               'architecture).'), force and same_arch)
         return
     if meta.get('base_sha256'):  # pinned by file (older mmpetl)
         _check_file_pin(meta, what, base_path, force, sha256, arch_hash)
