@@ -295,9 +295,15 @@ class PETLModel(BaseModel):
 
         LoRA is added into its host's frozen weight (no extra latency) and
         prefix MLP re-parametrisations are replaced by the prefixes they
-        produce. Outputs do not change. :meth:`unmerge` takes LoRA out of
-        the weights again (the base stays bit-identical only up to float
-        rounding; keep a copy where that matters).
+        produce. Outputs do not change, up to float rounding: no tuner
+        reads a host weight a merge rewrites other than as the tuned
+        weight (the deformable prefix branch is projected by
+        ``output_proj``'s weight plus its LoRA's delta, merged or not).
+        Tested for every tuner alone and every pair that shares a host, on
+        every host type, with every tuner tensor off its init
+        (``tests/test_tuners/test_property_matrix.py``). :meth:`unmerge`
+        takes LoRA out of the weights again (the base stays bit-identical
+        only up to float rounding; keep a copy where that matters).
 
         Returns:
             dict: tuner names ``merged`` into host weights, ``folded``
