@@ -4,7 +4,7 @@ MSDA samples values at learned offsets; it has no keys to prepend
 prefixes to. ETTA's prefix keeps its unified additive form instead (the
 ``parallel`` form of :mod:`mmpetl.tuners.prefix`):
 
-    out = MSDA(q) + W_o' (s * concat_h( softmax(q_h P_k,h^T / sqrt(d_h)) P_v,h ))
+    out = MSDA(q) + W_o' (s * concat_h(softmax(q_h P_k,h^T / sqrt(d_h)) P_v,h))
 
 ``q`` is the query plus its positional embedding, split over the heads
 like MSDA's values. ``W_o'`` is the weight MSDA's ``output_proj`` applies:

@@ -27,7 +27,7 @@ no comparison is 0 against 0. Checks, each a test over all cases:
 A combination mmpetl does not support is a row of ``REFUSED``: building it
 raises the named error. The matrix runs on one thread (restored after).
 """
-import io
+import copy
 import itertools
 import subprocess
 import sys
@@ -42,6 +42,8 @@ from mmpetl.checkpoints import (load_tuner_checkpoint, load_tuner_state,
 from mmpetl.injection import inject
 from mmpetl.models import PETLModel, apply_activation_checkpointing
 from mmpetl.tuners import TaskGroups, TunerHostError
+from tests.conftest import small_deformable_cfg, tensor_outputs
+from tests.test_apis.common import TUNERS as DEFORMABLE_TUNERS
 from tests.test_tuners.matrix_hosts import (BATCH, HOSTS, Holder,
                                             host_inputs, move_off_init)
 
@@ -176,6 +178,26 @@ def test_merge_for_deploy_changes_no_output(case):
     tol = dict(rtol=1e-5, atol=1e-5 * float(want.abs().max()))  # fp32
     torch.testing.assert_close(merged, want, **tol)
     torch.testing.assert_close(unmerged, want, **tol)
+
+
+def test_merge_keeps_deformable_detr_predictions():
+    """The case issue 21 measured (0.0235 before the fix): ETTA + LoRA on
+    a small Deformable DETR, every tuner tensor off its init; its raw
+    outputs do not change when merged."""
+    torch.manual_seed(0)
+    model = PETLModel(model=small_deformable_cfg(), tuners=copy.deepcopy(
+        DEFORMABLE_TUNERS), trainable=['bbox_head'])
+    move_off_init(model, 0)
+    model.eval()
+    with torch.no_grad():
+        want = tensor_outputs(model, 'deformable_detr')
+        report = model.merge_for_deploy()
+        got = tensor_outputs(model, 'deformable_detr')
+    assert any(n.endswith('output_proj.lora') for n in report['merged'])
+    assert len(want) == len(got) > 1
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5,
+                                   atol=1e-5 * float(b.abs().max()))
 
 
 # -- 2. save -> load -------------------------------------------------------
