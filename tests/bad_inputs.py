@@ -152,6 +152,15 @@ TUNER_CASES = [
     _tuner_case('rank-negative', 'LoRA `rank=-1`',
                 [dict(type='LoRA', presets=['attn'], rank=-1)], ValueError,
                 r'`rank` must be a positive int'),
+    _tuner_case('lora-on-torch-out-proj',
+                "LoRA on torch MultiheadAttention's `out_proj` alone "
+                "(`targets=['encoder.layers.0.self_attn.attn.out_proj']`)",
+                [dict(type='LoRA',
+                      targets=['encoder.layers.0.self_attn.attn.out_proj'])],
+                TypeError, r'LoRA cannot tune `encoder\.layers\.0\.self_attn'
+                r'\.attn\.out_proj` alone.*fused forward never calls it.*'
+                r'Point LoRA at the attention `encoder\.layers\.0\.'
+                r'self_attn\.attn`'),
     _tuner_case('adapter-on-attention',
                 'an FFN adapter put on attention modules',
                 [dict(type='ParallelAdapter', presets=['attn'])], TypeError,

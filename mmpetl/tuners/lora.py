@@ -14,7 +14,9 @@ init there; the ``out_proj`` LoRA of that layer does learn.
 
 Where it attaches (``LoRA`` in a config dispatches on the matched module):
 
-* ``nn.Linear`` -> :class:`LoRALinear`, ``r*(in+out)`` parameters;
+* ``nn.Linear`` -> :class:`LoRALinear`, ``r*(in+out)`` parameters (not
+  the ``out_proj`` of a torch ``nn.MultiheadAttention`` alone: its fused
+  forward never calls it, so that is refused; target the attention);
 * ``nn.MultiheadAttention`` (also inside mmcv's wrapper) ->
   :class:`LoRAFusedAttention` on the fused ``in_proj_weight`` (``A`` shared
   by q/k/v, ``B`` of ``3d x r``: ``4*d*r``) plus a :class:`LoRALinear` on
@@ -266,6 +268,14 @@ class LoRA:
         if isinstance(module, nn.MultiheadAttention) or \
                 is_conditional_attention(module):
             return [(name, module), (f'{name}.out_proj', module.out_proj)]
+        if type(module) is nn.modules.linear.NonDynamicallyQuantizableLinear:
+            parent = name.rpartition('.')[0] or 'the attention'
+            raise TunerHostError(
+                f'LoRA cannot tune `{name}` alone: it is the out_proj of a '
+                f'torch nn.MultiheadAttention, whose fused forward never '
+                f'calls it (the LoRA would change nothing, and merging it '
+                f'would change the outputs). Point LoRA at the attention '
+                f'`{parent}` instead: it tunes its in_proj and out_proj.')
         if isinstance(module, nn.Linear):
             return [(name, module)]
         if isinstance(module, vit_attention_type()) or is_window_msa(module):
