@@ -275,10 +275,10 @@ def build_base_model(cfg, device: torch.device,
 
 def build_model_and_optim(cfg, device: torch.device, amp: Optional[str]):
     from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import MODELS, init_default_scope
 
     from mmpetl.patches import apply_patches
     apply_patches()  # vanilla models too run MSDA as PETL models do
-    from mmengine.registry import MODELS, init_default_scope
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(cfg.model)
     if getattr(model, 'tuner_cfgs', None) is None:
