@@ -115,14 +115,14 @@ def test_activation_checkpointing_base_config_turns_it_on(tmp_path, capsys):
         assert f'\n{name} ' in out
 
 
-def zoo_weights(folder):
-    """File names of the checkpoints the installed MMDetection's metafile
-    lists for a config folder."""
-    import mmdet
-    text = (Path(mmdet.__file__).parent / '.mim' / 'configs' / folder /
+def zoo_weights(folder, package='mmdet'):
+    """URLs of the checkpoints the installed MMDetection's (or
+    MMPretrain's) metafile lists for a config folder: configs name them
+    at ``load_from`` exactly as the model zoo does."""
+    module = __import__(package)
+    text = (Path(module.__file__).parent / '.mim' / 'configs' / folder /
             'metafile.yml').read_text()
-    return {url.rsplit('/', 1)[1]
-            for url in re.findall(r'Weights:\s*(\S+)', text)}
+    return set(re.findall(r'Weights:\s*(\S+)', text))
 
 
 # config, mmdet config folder, tuner names that must be there
@@ -162,7 +162,7 @@ def test_et_configs_of_the_detr_family_full_size(path):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     assert 0.01 <= trainable / total <= 0.10
-    assert Path(cfg.load_from).name in zoo_weights(folder)
+    assert cfg.load_from in zoo_weights(folder)
     if folder == 'dino':  # new classes: a new denoising label embedding
         assert model.dn_query_generator.label_embedding.weight.requires_grad
     if folder == 'conditional_detr':  # P_k in the [content; pos] space
@@ -178,12 +178,15 @@ def test_new_method_configs_name_zoo_checkpoints():
         for path in [f'configs/_base_/archs/{arch}.py',
                      f'configs/methods/full-ft_{arch}.py']:
             load_from = Config.fromfile(str(ROOT / path)).load_from
-            assert Path(load_from).name in zoo_weights(folder), path
+            assert load_from in zoo_weights(folder), path
     for path, folder in [('configs/_base_/archs/detr_r50_coco.py', 'detr'),
                          ('configs/_base_/archs/deformable-detr_r50_coco.py',
                           'deformable_detr')]:
         load_from = Config.fromfile(str(ROOT / path)).load_from
-        assert Path(load_from).name in zoo_weights(folder), path
+        assert load_from in zoo_weights(folder), path
+    vit = Config.fromfile(
+        str(ROOT / 'configs/_base_/archs/vit-b16_cifar100.py')).load_from
+    assert vit in zoo_weights('vision_transformer', 'mmpretrain')
 
 
 # ------------------------------------------- names, one source of truth

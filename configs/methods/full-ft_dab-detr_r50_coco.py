@@ -1,4 +1,8 @@
 # Full fine-tuning of DAB-DETR R50 from a full checkpoint (the reference).
 _base_ = 'mmdet::dab_detr/dab-detr_r50_8xb2-50e_coco.py'
 model = dict(backbone=dict(init_cfg=None))
-load_from = 'checkpoints/dab-detr_r50_8xb2-50e_coco_20221122_120837-c1035c8c.pth'  # noqa
+# load_from: the model-zoo URL the OpenMMLab metafile lists (MMEngine
+# downloads it once into ~/.cache/torch/hub/checkpoints). Offline, point it
+# at a local copy: --cfg-options load_from=checkpoints/<file>.pth; the tuner
+# checkpoint pins the base by tensor content, so URL or file pin alike.
+load_from = 'https://download.openmmlab.com/mmdetection/v3.0/dab_detr/dab-detr_r50_8xb2-50e_coco/dab-detr_r50_8xb2-50e_coco_20221122_120837-c1035c8c.pth'  # noqa

@@ -23,4 +23,8 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4),
     paramwise_cfg=dict(tuner_lr_mult=5.0))
 
-load_from = 'checkpoints/dab-detr_r50_8xb2-50e_coco_20221122_120837-c1035c8c.pth'  # noqa
+# load_from: the model-zoo URL the OpenMMLab metafile lists (MMEngine
+# downloads it once into ~/.cache/torch/hub/checkpoints). Offline, point it
+# at a local copy: --cfg-options load_from=checkpoints/<file>.pth; the tuner
+# checkpoint pins the base by tensor content, so URL or file pin alike.
+load_from = 'https://download.openmmlab.com/mmdetection/v3.0/dab_detr/dab-detr_r50_8xb2-50e_coco/dab-detr_r50_8xb2-50e_coco_20221122_120837-c1035c8c.pth'  # noqa

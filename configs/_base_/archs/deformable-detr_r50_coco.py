@@ -25,4 +25,8 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4),
     paramwise_cfg=dict(tuner_lr_mult=5.0))
 
-load_from = 'checkpoints/deformable-detr_r50_16xb2-50e_coco_20221029_210934-6bc7d21b.pth'  # noqa
+# load_from: the model-zoo URL the OpenMMLab metafile lists (MMEngine
+# downloads it once into ~/.cache/torch/hub/checkpoints). Offline, point it
+# at a local copy: --cfg-options load_from=checkpoints/<file>.pth; the tuner
+# checkpoint pins the base by tensor content, so URL or file pin alike.
+load_from = 'https://download.openmmlab.com/mmdetection/v3.0/deformable_detr/deformable-detr_r50_16xb2-50e_coco/deformable-detr_r50_16xb2-50e_coco_20221029_210934-6bc7d21b.pth'  # noqa

@@ -30,4 +30,8 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4),
     paramwise_cfg=dict(tuner_lr_mult=5.0))
 
-load_from = 'checkpoints/dino-4scale_r50_8xb2-12e_coco_20221202_182705-55b2bba2.pth'  # noqa
+# load_from: the model-zoo URL the OpenMMLab metafile lists (MMEngine
+# downloads it once into ~/.cache/torch/hub/checkpoints). Offline, point it
+# at a local copy: --cfg-options load_from=checkpoints/<file>.pth; the tuner
+# checkpoint pins the base by tensor content, so URL or file pin alike.
+load_from = 'https://download.openmmlab.com/mmdetection/v3.0/dino/dino-4scale_r50_8xb2-12e_coco/dino-4scale_r50_8xb2-12e_coco_20221202_182705-55b2bba2.pth'  # noqa

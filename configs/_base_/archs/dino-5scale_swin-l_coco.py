@@ -27,4 +27,8 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4),
     paramwise_cfg=dict(tuner_lr_mult=5.0))
 
-load_from = 'checkpoints/dino-5scale_swin-l_8xb2-36e_coco-5486e051.pth'
+# load_from: the model-zoo URL the OpenMMLab metafile lists (MMEngine
+# downloads it once into ~/.cache/torch/hub/checkpoints). Offline, point it
+# at a local copy: --cfg-options load_from=checkpoints/<file>.pth; the tuner
+# checkpoint pins the base by tensor content, so URL or file pin alike.
+load_from = 'https://github.com/RistoranteRist/mmlab-weights/releases/download/dino-swinl/dino-5scale_swin-l_8xb2-36e_coco-5486e051.pth'  # noqa: E501

@@ -44,4 +44,8 @@ optim_wrapper = dict(
 param_scheduler = dict(_delete_=True, type='CosineAnnealingLR', T_max=200,
                        by_epoch=True)
 
-load_from = 'checkpoints/vit-base-p16_in21k-pre-3rdparty_ft-64xb64_in1k-384_20210928-98e8652b.pth'  # noqa
+# load_from: the model-zoo URL the OpenMMLab metafile lists (MMEngine
+# downloads it once into ~/.cache/torch/hub/checkpoints). Offline, point it
+# at a local copy: --cfg-options load_from=checkpoints/<file>.pth; the tuner
+# checkpoint pins the base by tensor content, so URL or file pin alike.
+load_from = 'https://download.openmmlab.com/mmclassification/v0/vit/finetune/vit-base-p16_in21k-pre-3rdparty_ft-64xb64_in1k-384_20210928-98e8652b.pth'  # noqa
