@@ -1,4 +1,4 @@
-"""Every bad input in tests/bad_inputs.py raises its error, and
+"""Every bad input in tests/bad_inputs/ raises its error, and
 docs/bad_inputs.md shows exactly that error.
 
 Each case's own ``match`` is written beside its trigger; so that a case

@@ -3,11 +3,11 @@
     python tools/misc/bad_input_table.py [--out docs/bad_inputs.md] [--check]
 
 The cases (bad input, trigger, expected exception and message) live in
-tests/bad_inputs.py; tests/test_bad_inputs.py runs the same cases. Each
-case gets a fresh temporary folder. A case that does not raise what it
-should is reported and the exit status is 1 (the table is still written,
-with what actually happened). --check writes nothing and fails if the
-committed table differs from a fresh one.
+tests/bad_inputs/ (one module per area); tests/test_bad_inputs.py runs the
+same cases. Each case gets a fresh temporary folder. A case that does not
+raise what it should is reported and the exit status is 1 (the table is
+still written, with what actually happened). --check writes nothing and
+fails if the committed table differs from a fresh one.
 """
 import argparse
 import os.path as osp
