@@ -1,8 +1,8 @@
 """Base checkpoint + tuner checkpoint -> one full mmpetl checkpoint."""
 from typing import Dict, Optional, Sequence
 
-from mmpetl.injection import parameter_matches
 from mmpetl.utils import atomic_save, load_checkpoint_file
+from mmpetl.utils.matching import parameter_matches
 from .base import check_base, check_shapes, state_dict_of, tensor_digests
 from .format import MARKER, load_tuner_checkpoint
 
