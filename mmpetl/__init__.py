@@ -15,7 +15,7 @@ check_versions()
 guard_mmpretrain_multimodal()  # named patch `mmpretrain_multimodal_guard`
 
 from .patches import (PATCHES, applied_patches, apply_patches,  # noqa: E402
-                      patched, remove_patches)
+                      is_patched, patched, remove_patches)
 
 __all__ = ['__version__', 'PATCHES', 'apply_patches', 'remove_patches',
-           'patched', 'applied_patches']
+           'patched', 'applied_patches', 'is_patched']

@@ -14,6 +14,7 @@ process that imports mmpetl but builds no PETL model runs unchanged.
     with mmpetl.patched(['msda_fp32']):
         ...                           # applied inside the block only
     mmpetl.applied_patches()          # names in effect now
+    mmpetl.is_patched('msda_fp32')    # whether one is in effect
 
 Every patch keeps the caller's dtype and device: ``msda_fp32`` computes
 deformable attention in fp32 only inside autocast and returns the dtype
@@ -63,7 +64,7 @@ from .utils.safe_load import (allow_mmengine_checkpoints,
                               unpatch_history_buffer_state)
 
 __all__ = ['Patch', 'PATCHES', 'apply_patches', 'remove_patches', 'patched',
-           'applied_patches']
+           'applied_patches', 'is_patched']
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,22 @@ def _selected(names: Optional[Sequence[str]]) -> List[Patch]:
     return [PATCHES[n] for n in names]
 
 
+def is_patched(name: str) -> bool:
+    """Whether the patch ``name`` is in effect now: the one check, read
+    from the patched object itself (its :attr:`Patch.is_applied`), that
+    :func:`apply_patches`, :func:`remove_patches` and
+    :func:`applied_patches` make.
+
+    Args:
+        name: a patch name (see :data:`PATCHES`).
+
+    Raises:
+        KeyError: an unknown name (the message lists the patches).
+    """
+    patch, = _selected([name])
+    return patch.is_applied()
+
+
 def _log(text: str) -> None:
     from mmengine.logging import print_log
     print_log(text, logger='current')
@@ -157,7 +174,7 @@ def apply_patches(names: Optional[Sequence[str]] = None) -> List[str]:
     """
     done = []
     for patch in _selected(names):
-        if not patch.is_applied() and patch.apply():
+        if not is_patched(patch.name) and patch.apply():
             done.append(patch.name)
             _log(f'mmpetl: patched {patch.target} for {patch.why} '
                  f'(mmpetl.remove_patches([{patch.name!r}]) undoes it)')
@@ -175,12 +192,12 @@ def remove_patches(names: Optional[Sequence[str]] = None) -> List[str]:
         list[str]: the names this call removed.
     """
     return [p.name for p in _selected(names)
-            if p.is_applied() and p.remove()]
+            if is_patched(p.name) and p.remove()]
 
 
 def applied_patches() -> List[str]:
     """Names of the patches in effect now."""
-    return [p.name for p in PATCHES.values() if p.is_applied()]
+    return [name for name in PATCHES if is_patched(name)]
 
 
 @contextlib.contextmanager

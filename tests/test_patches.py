@@ -199,6 +199,25 @@ def test_every_patch_is_named_documented_and_checkable():
         mmpetl.apply_patches(['msda'])
 
 
+def test_is_patched_is_the_one_check():
+    """is_patched reads each patch's object: it follows remove/apply of
+    the patch and agrees with applied_patches; unknown names are refused."""
+    from mmpetl.ops import msda_fp32_patched
+    assert mmpetl.is_patched('msda_fp32') and msda_fp32_patched()
+    mmpetl.remove_patches(['msda_fp32'])
+    try:
+        assert not mmpetl.is_patched('msda_fp32') and not msda_fp32_patched()
+        assert 'msda_fp32' not in mmpetl.applied_patches()
+        assert mmpetl.apply_patches(['msda_fp32']) == ['msda_fp32']
+    finally:
+        mmpetl.apply_patches(['msda_fp32'])
+    assert mmpetl.is_patched('msda_fp32')
+    assert mmpetl.applied_patches() == [
+        n for n in PATCHES if PATCHES[n].is_applied()]
+    with pytest.raises(KeyError, match=r"unknown mmpetl patch.*msda_fp32"):
+        mmpetl.is_patched('msda')
+
+
 def _msda(dtype, device):
     from mmcv.ops import MultiScaleDeformableAttention
 

@@ -44,6 +44,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import mmpetl  # noqa: E402,F401
 from tool_utils import (load_config, parse_pairs,  # noqa: E402
                         setup_cpu_distributed)
+from mmpetl.utils import dataset_leaves  # noqa: E402
 from mmpetl.utils.config_check import ConfigError, check_config  # noqa: E402
 
 
@@ -182,18 +183,9 @@ def build_cfg(args, cfg=None, tuner=None, out=None, show_dir=None):
     return cfg
 
 
-def _leaves(dataset):
-    """The dataset configs inside wrappers (``dataset``/``datasets``)."""
-    if isinstance(dataset.get('dataset'), dict):
-        return _leaves(dataset['dataset'])
-    if dataset.get('datasets'):
-        return [d for inner in dataset['datasets'] for d in _leaves(inner)]
-    return [dataset]
-
-
 def _use_data(cfg, root: str) -> None:
     """Point the test dataset(s) and evaluator(s) at ``root``."""
-    leaves = _leaves(cfg.test_dataloader.dataset)
+    leaves = [d for _, d in dataset_leaves(cfg.test_dataloader.dataset)]
     for dataset in leaves:
         dataset.data_root = root
     ann = leaves[0].get('ann_file')
@@ -216,7 +208,7 @@ def _use_classes(cfg, tuner_path: str) -> None:
     head = model.get('bbox_head')
     classes = tuner['meta'].get('classes')
     if classes:
-        for dataset in _leaves(cfg.test_dataloader.dataset):
+        for _, dataset in dataset_leaves(cfg.test_dataloader.dataset):
             dataset.metainfo = dict(dataset.get('metainfo') or {},
                                     classes=tuple(classes))
         if head is not None:

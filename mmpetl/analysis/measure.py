@@ -45,7 +45,7 @@ from .saved_tensors import saved_tensors_by_module
 
 __all__ = ['measure_config', 'synthetic_batch', 'rss_mib', 'reset_peak_rss',
            'peak_rss_mib', 'cpu_tensor_peak_mib', 'deploy', 'median_time',
-           'interleaved_medians']
+           'interleaved_medians', 'model_task', 'model_num_classes']
 
 
 # -- memory --------------------------------------------------------------
@@ -236,13 +236,25 @@ def deploy(model: nn.Module) -> Dict:
                 prefix_folded=len(report['folded']))
 
 
-def _task_of(model: nn.Module) -> str:
+def model_task(model: nn.Module) -> str:
+    """What a model does, for :func:`synthetic_batch`: ``'classification'``
+    (a classifier: a ``head`` and no ``bbox_head``) or ``'detection'``.
+
+    Args:
+        model: a PETL model (its ``inner`` model is read) or a plain one.
+    """
     inner = getattr(model, 'inner', model)
     return 'classification' if hasattr(inner, 'head') and not hasattr(
         inner, 'bbox_head') else 'detection'
 
 
-def _num_classes(model: nn.Module) -> int:
+def model_num_classes(model: nn.Module) -> int:
+    """The class count of a model's head (``bbox_head.num_classes``, else
+    ``head.num_classes``), for :func:`synthetic_batch`.
+
+    Args:
+        model: a PETL model (its ``inner`` model is read) or a plain one.
+    """
     inner = getattr(model, 'inner', model)
     head = getattr(inner, 'bbox_head', None) or getattr(inner, 'head')
     return int(head.num_classes)
@@ -323,8 +335,8 @@ def measure_config(cfg, device: str = 'cpu', batch: int = 1,
     stored_mib = _serialized_mib(tuner_checkpoint(model)) if is_petl and \
         trainable < total else full_mib
 
-    task = _task_of(model)
-    data = synthetic_batch(task, batch, size, _num_classes(model))
+    task = model_task(model)
+    data = synthetic_batch(task, batch, size, model_num_classes(model))
     backbone_grad = []
     backbone = getattr(model, 'backbone', None)
     if backbone is not None:

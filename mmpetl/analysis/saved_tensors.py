@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from mmpetl.models import observe_checkpoint_inputs
-from mmpetl.tuners import BaseTuner
+from mmpetl.tuners import iter_tuners
 
 __all__ = ['saved_tensors_by_module', 'OUTSIDE', 'TUNERS']
 
@@ -119,7 +119,7 @@ def saved_tensors_by_module(model: nn.Module, fn: Callable[[], object],
         and ``total_mib`` (all of it, checkpoint inputs included).
     """
     rec = _Recorder(model, layer_depth)
-    tuners = {id(sub) for m in model.modules() if isinstance(m, BaseTuner)
+    tuners = {id(sub) for _, m in iter_tuners(model)
               for sub in m.modules()}  # a tuner and its parts
     handles = []
     for name, module in model.named_modules():

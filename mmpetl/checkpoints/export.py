@@ -24,8 +24,9 @@ from typing import Collection, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from mmpetl.tuners import tuner_key_prefixes
 from mmpetl.utils import (CheckpointError, atomic_save, atomic_write,
-                          load_checkpoint_file)
+                          dataset_leaves, load_checkpoint_file)
 from .apply import load_tuner_state
 from .base import check_base, state_dict_of
 from .format import MARKER, load_tuner_checkpoint
@@ -70,7 +71,7 @@ def load_base_state(model: nn.Module, state: Dict[str, torch.Tensor],
         BaseLoadError: naming the missing, unexpected and mismatched keys.
     """
     own = model.state_dict()
-    tuners = tuple(n + '.' for n, _ in model.tuner_modules())
+    tuners = tuner_key_prefixes(model)
     replaced = set(replaced)
     missing = sorted(k for k in own if k not in state and
                      not k.startswith(tuners) and k not in replaced)
@@ -180,7 +181,7 @@ def export_checkpoint(model_cfg: Dict, base_path: str, tuner_path: str,
             f'module holds; only LoRA merges into the base weights. Keep '
             f'base + tuner checkpoint (tools/test.py --tuner), or write one '
             f'mmpetl checkpoint with tools/model_converters/apply_tuner.py.')
-    tuner_keys = tuple(n + '.' for n, _ in model.tuner_modules())
+    tuner_keys = tuner_key_prefixes(model)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()
              if not k.startswith(tuner_keys)}
     meta = dict(base.get('meta', {}) or {})
@@ -217,17 +218,13 @@ def _mmpetl_types(obj, where: str = '') -> List[str]:
 
 
 def _set_classes(dataset: Dict, classes: Tuple[str, ...]) -> None:
-    """``metainfo.classes`` of a dataset config (inside wrappers too)."""
-    if not isinstance(dataset, dict):
-        return
-    if isinstance(dataset.get('dataset'), dict):
-        _set_classes(dataset['dataset'], classes)
-    for inner in dataset.get('datasets') or []:
-        _set_classes(inner, classes)
-    if 'type' in dataset and 'dataset' not in dataset and \
-            'datasets' not in dataset:
-        dataset['metainfo'] = dict(dataset.get('metainfo') or {},
-                                   classes=classes)
+    """``metainfo.classes`` of a dataset config (inside wrappers too:
+    :func:`~mmpetl.utils.dataset_leaves`)."""
+    for _, leaf in dataset_leaves(dataset):
+        if isinstance(leaf, dict) and 'type' in leaf and \
+                'dataset' not in leaf and 'datasets' not in leaf:
+            leaf['metainfo'] = dict(leaf.get('metainfo') or {},
+                                    classes=classes)
 
 
 def plain_config(cfg, classes: Optional[Sequence[str]] = None

@@ -4,7 +4,7 @@ from typing import List, Sequence
 
 import torch.nn as nn
 
-from mmpetl.tuners import BaseTuner
+from mmpetl.tuners import BaseTuner, iter_tuners
 
 __all__ = ['format_table', 'injection_table', 'parameter_groups_table',
            'count_trainable']
@@ -51,10 +51,9 @@ def injection_table(records, model: nn.Module) -> str:
 def parameter_groups_table(model: nn.Module) -> str:
     """Params per top-level module (and per tuner kind), trainable or not."""
     tuner_ids = {}
-    for module in model.modules():
-        if isinstance(module, BaseTuner):
-            for p in module.parameters():
-                tuner_ids[id(p)] = f'tuners:{type(module).__name__}'
+    for _, module in iter_tuners(model):
+        for p in module.parameters():
+            tuner_ids[id(p)] = f'tuners:{type(module).__name__}'
     groups = OrderedDict()
     total = 0
     for name, p in model.named_parameters():

@@ -84,7 +84,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mmpetl.injection import (CHECKPOINT_PRESETS, detect_arch, format_table,
                               name_matches, nearest_names)
-from mmpetl.tuners import BaseTuner
+from mmpetl.tuners import iter_tuners
 from mmpetl.ops.replay import REPLAYABLE, ReplayRecord, current_record
 
 __all__ = ['apply_activation_checkpointing', 'resolve_checkpoint_targets',
@@ -413,7 +413,7 @@ def checkpointing_table(model: nn.Module, names: Sequence[str],
         module = modules[name]
         trainable = sum(p.numel() for p in module.parameters()
                         if p.requires_grad)
-        tuners = sum(isinstance(m, BaseTuner) for m in module.modules())
+        tuners = sum(1 for _ in iter_tuners(module))
         rows.append([name, type(module).__name__, f'{trainable:,}',
                      str(tuners)])
     kept = '' if keep is None else \

@@ -15,7 +15,7 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn as nn
 
-from mmpetl.tuners import BaseTuner
+from mmpetl.tuners import BaseTuner, iter_tuners
 from mmpetl.utils import unwrap_model
 
 __all__ = ['TunerProbe', 'STAT_KEYS']
@@ -39,8 +39,7 @@ class TunerProbe:
         self._snapshot = {n: self._params(t) for n, t in self.tuners()}
 
     def tuners(self) -> List[Tuple[str, BaseTuner]]:
-        return [(n, m) for n, m in self.model.named_modules()
-                if isinstance(m, BaseTuner)]
+        return list(iter_tuners(self.model))
 
     @staticmethod
     def _params(tuner: BaseTuner) -> List[torch.Tensor]:

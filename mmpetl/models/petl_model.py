@@ -45,7 +45,8 @@ from mmpetl.injection import (InjectedTuner, Targets, count_trainable, inject,
                               select_parameters)
 from mmpetl.patches import apply_patches
 from mmpetl.registry import MODELS
-from mmpetl.tuners import BaseTuner
+from mmpetl.tuners import (iter_tuners, tuner_key_prefixes,
+                           tuner_parameter_ids)
 from mmpetl.utils import quiet_init_weights
 from .checkpointing import (CheckpointSpec, apply_activation_checkpointing,
                             parse_checkpoint_spec)
@@ -225,13 +226,14 @@ class PETLModel(BaseModel):
 
     # -- freezing ----------------------------------------------------------
     def tuner_modules(self):
-        """``(name, tuner)`` for every injected tuner, found structurally."""
-        return [(n, m) for n, m in self.named_modules()
-                if isinstance(m, BaseTuner)]
+        """``(name, tuner)`` for every injected tuner, found structurally
+        (:func:`mmpetl.tuners.iter_tuners`)."""
+        return list(iter_tuners(self))
 
     def tuner_parameter_ids(self) -> set:
-        return {id(p) for _, t in self.tuner_modules()
-                for p in t.parameters()}
+        """``id()`` of every tuner parameter
+        (:func:`mmpetl.tuners.tuner_parameter_ids`)."""
+        return tuner_parameter_ids(self)
 
     def _freeze(self, patterns: Targets) -> None:
         """Freeze all but the tuners and what ``patterns`` select."""
@@ -325,7 +327,7 @@ class PETLModel(BaseModel):
 
 def _tuner_prefixes(model: PETLModel) -> tuple:
     """``'<tuner name>.'`` of every tuner (one walk over the modules)."""
-    return tuple(n + '.' for n, _ in model.tuner_modules())
+    return tuner_key_prefixes(model)
 
 
 def _is_tuner_key(key: str, prefixes: tuple) -> bool:
@@ -336,7 +338,7 @@ def _is_tuner_key(key: str, prefixes: tuple) -> bool:
 
 def _report_missing_tuner_keys(module: PETLModel, incompatible) -> None:
     """Loading a base checkpoint: tuner keys are expected to be missing."""
-    prefixes = tuple(n + '.' for n, _ in module.tuner_modules())
+    prefixes = tuner_key_prefixes(module)
     tuner_keys = [k for k in incompatible.missing_keys
                   if k.startswith(prefixes)]
     if not tuner_keys:

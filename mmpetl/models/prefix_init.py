@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from mmpetl.tuners.prefix import PrefixBase
+from mmpetl.utils.mmengine_private import run_forward
 
 __all__ = ['pending_prefixes', 'init_prefixes_from_activations']
 
@@ -53,7 +54,7 @@ def init_prefixes_from_activations(model: nn.Module,
     try:
         for batch in batches:
             data = model.data_preprocessor(batch, False)
-            model._run_forward(data, mode='tensor')
+            run_forward(model, data, mode='tensor')
             seen += 1
         if not seen:
             raise ValueError(

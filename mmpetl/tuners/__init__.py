@@ -14,11 +14,13 @@ from .serial_adapter import SerialAdapter
 from .unipt import UniPT
 from .utuner import UTuner
 from .vpt import VPT
+from .walk import iter_tuners, tuner_key_prefixes, tuner_parameter_ids
 
 __all__ = [
     'BaseTuner', 'TunerHostError', 'ParallelAdapter', 'ScaledPrefix',
     'PrefixTuning', 'PrefixBase', 'PREFIX_FORMS', 'PREFIX_INITS',
     'DeformablePrefix', 'LoRA', 'LoRALinear',
     'LoRAFusedAttention', 'LoRAConditionalAttention', 'SerialAdapter',
-    'UTuner', 'VPT', 'UniPT', 'RoutingError', 'TaskGroups'
+    'UTuner', 'VPT', 'UniPT', 'RoutingError', 'TaskGroups', 'iter_tuners',
+    'tuner_parameter_ids', 'tuner_key_prefixes'
 ]

@@ -27,6 +27,8 @@ import importlib
 import os.path as osp
 from typing import List, Optional, Tuple
 
+from .datasets import dataset_leaves, metainfo_classes
+
 __all__ = ['ConfigError', 'check_config', 'check_num_classes',
            'check_data_paths', 'dataset_classes', 'DEMO_HINT']
 
@@ -74,19 +76,10 @@ def _type_name(ds) -> str:
 
 
 def _leaf_datasets(ds, key: str) -> List[Tuple[str, dict]]:
-    """(config key, dataset cfg) of the real datasets inside wrappers
-    (RepeatDataset, ClassBalancedDataset, MultiImageMixDataset: `dataset`;
-    ConcatDataset: `datasets`)."""
-    if not hasattr(ds, 'get'):
-        return []
-    if _get(ds, 'datasets') is not None:
-        out = []
-        for i, inner in enumerate(ds['datasets']):
-            out += _leaf_datasets(inner, f'{key}.datasets[{i}]')
-        return out
-    if hasattr(_get(ds, 'dataset'), 'get'):
-        return _leaf_datasets(ds['dataset'], f'{key}.dataset')
-    return [(key, ds)]
+    """(config key, dataset cfg) of the real dataset configs inside
+    wrappers (:func:`~mmpetl.utils.datasets.dataset_leaves`)."""
+    return [(k, leaf) for k, leaf in dataset_leaves(ds, key)
+            if hasattr(leaf, 'get')]
 
 
 def _phases(cfg, mode: Optional[str]) -> List[str]:
@@ -276,10 +269,8 @@ def _default_classes(ds, cfg) -> Optional[tuple]:
 
 def _classes_of(ds, cfg) -> Tuple[Optional[tuple], str]:
     """A dataset config's classes and where they come from."""
-    classes = _get(_get(ds, 'metainfo') or {}, 'classes')
-    if classes is not None:
-        return (tuple(classes) if isinstance(classes, (list, tuple))
-                else None), 'metainfo.classes'
+    if _get(_get(ds, 'metainfo') or {}, 'classes') is not None:
+        return metainfo_classes(ds), 'metainfo.classes'
     return _default_classes(ds, cfg), (
         f"{_type_name(ds)}'s default METAINFO['classes']; no "
         f'metainfo.classes is set')

@@ -35,6 +35,8 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from .mmengine_private import history_buffer_statistics
+
 __all__ = ['mmengine_checkpoint_globals', 'allow_mmengine_checkpoints',
            'disallow_mmengine_checkpoints', 'mmengine_checkpoints_allowed',
            'patch_history_buffer_state', 'unpatch_history_buffer_state',
@@ -67,7 +69,7 @@ def _history_buffer_getstate(self) -> dict:
     state = dict(self.__dict__)
     state.pop('statistics_methods', None)
     custom = {name: method for name, method in
-              type(self)._statistics_methods.items()
+              history_buffer_statistics(type(self)).items()
               if name not in _DEFAULT_STATISTICS}
     if custom:
         state['statistics_methods'] = custom

@@ -51,10 +51,10 @@ def test_demo_flags(demo, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     with pytest.raises(SystemExit, match='CUDA_VISIBLE_DEVICES='):
         demo.check_device(demo.parse_args(['--device', 'cpu']))
-    cfg = demo._cfg(demo.METHODS[0][1], 'w', 'data/', amp='bfloat16')
+    cfg = demo.demo_config(demo.METHODS[0][1], 'w', 'data/', amp='bfloat16')
     assert cfg.optim_wrapper.type == 'mmpetl.AmpOptimWrapper'
     assert cfg.optim_wrapper.dtype == 'bfloat16'
-    plain = demo._cfg(demo.METHODS[1][1], 'w', 'data/')
+    plain = demo.demo_config(demo.METHODS[1][1], 'w', 'data/')
     assert plain.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper'
 
 
@@ -65,7 +65,7 @@ def test_tiny_demo_and_its_check(demo, tmp_path, monkeypatch):
     make = demo.make_transfer_dataset
     monkeypatch.setattr(demo, 'make_transfer_dataset', functools.partial(
         make, source_sizes=(8, 4), target_sizes=(8, 4), verbose=False))
-    original_cfg = demo._cfg
+    original_cfg = demo.demo_config
 
     def tiny(name, work_dir, data_root, amp=None, **options):
         cfg = original_cfg(name, work_dir, data_root, amp=amp, **options)
@@ -75,7 +75,7 @@ def test_tiny_demo_and_its_check(demo, tmp_path, monkeypatch):
         cfg.train_dataloader.batch_size = 2
         return cfg
 
-    monkeypatch.setattr(demo, '_cfg', tiny)
+    monkeypatch.setattr(demo, 'demo_config', tiny)
     # steps 4-5 (a PNG, tools/infer.py in a subprocess) are tested in
     # tests/test_e2e_transfer.py; here they only cost time
     monkeypatch.setattr(demo, 'save_predictions_png', lambda *a: None)

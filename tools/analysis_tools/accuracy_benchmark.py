@@ -100,12 +100,12 @@ def run_config(args, name, config, overrides, seed, base_path,
                         'train_cfg.val_interval': args.iters,
                         'default_hooks.checkpoint.interval': args.iters})
     work_dir = osp.join(args.work_dir, f'{name}_seed{seed}')
-    cfg = run_demo._cfg(config, work_dir, args.data_root, **options)
+    cfg = run_demo.demo_config(config, work_dir, args.data_root, **options)
     if health_interval:
         for hook in cfg.get('custom_hooks', []):
             if hook['type'] == 'mmpetl.TunerHealthHook':
                 hook['interval'] = health_interval
-    runner, metrics, seconds = run_demo._train(cfg)
+    runner, metrics, seconds = run_demo.train_run(cfg)
     trainable, total, stored, size = run_demo.stored_per_task(runner,
                                                               work_dir)
     return dict(method=name, seed=seed, config=f'configs/demo/{config}',

@@ -103,9 +103,10 @@ def gradients(model, data, fallback):
 
 
 def run(args):
-    from mmpetl.analysis.measure import (_num_classes, _task_of,
-                                         cpu_tensor_peak_mib,
-                                         interleaved_medians, synthetic_batch)
+    from mmpetl.analysis.measure import (cpu_tensor_peak_mib,
+                                         interleaved_medians,
+                                         model_num_classes, model_task,
+                                         synthetic_batch)
     from mmpetl.analysis.saved_tensors import saved_tensors_by_module
     from mmpetl.ops import msda_fallback
     data = None
@@ -113,8 +114,8 @@ def run(args):
     for label, method, keep, fallback in variants(args.fallbacks):
         model, optim = build(method, keep, fallback)
         if data is None:
-            data = synthetic_batch(_task_of(model), 1, tuple(args.size),
-                                   _num_classes(model))
+            data = synthetic_batch(model_task(model), 1, tuple(args.size),
+                                   model_num_classes(model))
         model.train()
         diff = None
         if method == 'etta':  # before any step: the weights are the same

@@ -69,7 +69,22 @@ class _KeepMetrics(Hook):
 _RUN_INDEX = itertools.count()
 
 
-def _cfg(name, work_dir, data_root, amp=None, **options):
+def demo_config(name, work_dir, data_root, amp=None, **options):
+    """The config of one demo run: ``configs/demo/<name>`` writing to
+    ``work_dir`` and reading the demo data at ``data_root``.
+
+    Args:
+        name: a file name in ``configs/demo/``.
+        work_dir: the run's work directory.
+        data_root: the demo dataset (``mmpetl.demo.synthetic_coco``).
+        amp: ``'float16'``/``'bfloat16'``: ``mmpetl.AmpOptimWrapper`` as
+            ``tools/train.py --amp``; None: the config's optimizer wrapper.
+        **options: ``--cfg-options`` style overrides (dotted keys).
+
+    Returns:
+        Config: the config (its visualizer named after the run, so that
+        runs of one process log into their own folders).
+    """
     cfg = Config.fromfile(osp.join(CONFIGS, name))
     cfg.work_dir = work_dir
     cfg.merge_from_dict(options)
@@ -91,7 +106,16 @@ def _cfg(name, work_dir, data_root, amp=None, **options):
     return cfg
 
 
-def _train(cfg):
+def train_run(cfg):
+    """Train ``cfg`` with a Runner and keep the last validation metrics.
+
+    Args:
+        cfg: a config from :func:`demo_config`.
+
+    Returns:
+        tuple: ``(runner, metrics, seconds)``: the finished Runner, the
+        last validation epoch's metrics (a dict) and the training time.
+    """
     runner = Runner.from_cfg(cfg)
     keep = _KeepMetrics()
     runner.register_hook(keep)
@@ -114,9 +138,9 @@ def train_base(args):
         path = osp.join(work_dir, published[-1])
         print_log(f'[demo] reusing the published base {path}', 'current')
         return path, None
-    cfg = _cfg(SOURCE, work_dir, args.data_root,
+    cfg = demo_config(SOURCE, work_dir, args.data_root,
                amp=getattr(args, 'amp', None))
-    runner, metrics, seconds = _train(cfg)
+    runner, metrics, seconds = train_run(cfg)
     last = runner.message_hub.get_info('last_ckpt')
     path = publish_checkpoint(
         last, osp.join(work_dir, 'deformable-detr_mnv2_demo-source'))
@@ -144,9 +168,9 @@ def stored_per_task(runner, work_dir):
 
 def run_method(args, label, config, base_path):
     work_dir = osp.join(args.work_dir, osp.splitext(config)[0])
-    cfg = _cfg(config, work_dir, args.data_root, load_from=base_path,
+    cfg = demo_config(config, work_dir, args.data_root, load_from=base_path,
                amp=getattr(args, 'amp', None))
-    runner, metrics, seconds = _train(cfg)
+    runner, metrics, seconds = train_run(cfg)
     trainable, total, kind, size = stored_per_task(runner, work_dir)
     stored = f'{kind} checkpoint'
     last = runner.message_hub.get_info('last_ckpt')

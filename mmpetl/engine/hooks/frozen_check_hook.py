@@ -20,6 +20,7 @@ from mmengine.hooks import Hook
 
 from mmpetl.registry import HOOKS
 from mmpetl.utils import unwrap_model
+from mmpetl.utils.mmengine_private import runner_load_from, runner_resumes
 
 __all__ = [
     'FrozenCheckHook', 'fingerprint_frozen', 'FrozenParamsChanged',
@@ -68,8 +69,8 @@ class FrozenCheckHook(Hook):
         model = unwrap_model(runner.model)
         bad = non_finite_tensors(model)
         if bad:
-            source = getattr(runner, '_load_from', None) or (
-                'the resumed checkpoint' if getattr(runner, '_resume', False)
+            source = runner_load_from(runner) or (
+                'the resumed checkpoint' if runner_resumes(runner)
                 else 'no checkpoint (load_from is None)')
             raise NonFiniteWeightsError(
                 f'{len(bad)} model tensors hold NaN or Inf before training '

@@ -14,7 +14,8 @@ from mmpetl.checkpoints import (check_base, check_tuner_fits, frozen_digests,
                                 load_tuner_checkpoint, load_tuner_state,
                                 tuner_checkpoint, write_tuner_checkpoint)
 from mmpetl.registry import HOOKS
-from mmpetl.utils import on_rank0, unwrap_model
+from mmpetl.utils import metainfo_classes, on_rank0, unwrap_model
+from mmpetl.utils.mmengine_private import runner_load_from, runner_resumes
 
 __all__ = ['TunerCheckpointHook', 'LoadTunerHook']
 
@@ -24,11 +25,11 @@ BASE_META_KEY = 'mmpetl_base_meta'
 def _dataset_classes(runner):
     """The training dataset's class names (a list), or None."""
     try:
-        classes = runner.train_dataloader.dataset.metainfo.get('classes')
+        dataset = runner.train_dataloader.dataset
     except (AttributeError, TypeError):
         return None
-    return [str(c) for c in classes] if isinstance(classes, (list, tuple)) \
-        else None
+    classes = metainfo_classes(dataset)
+    return None if classes is None else [str(c) for c in classes]
 
 
 @HOOKS.register_module()
@@ -66,7 +67,7 @@ class TunerCheckpointHook(Hook):
             return
         self._last = runner.message_hub.get_info('last_ckpt')
         self._classes = _dataset_classes(runner)
-        if getattr(runner, '_resume', False):
+        if runner_resumes(runner):
             # load_from is now None (auto resume) or the checkpoint resumed
             # from, not the base: the base's name recorded when the run
             # started comes back with the message hub (the pin is taken
@@ -75,7 +76,7 @@ class TunerCheckpointHook(Hook):
             self._base_meta = dict(
                 base_checkpoint=resumed.get('base_checkpoint'))
             return
-        base = runner._load_from
+        base = runner_load_from(runner)
         if not base:
             runner.logger.warning(
                 'mmpetl: no base checkpoint (load_from) for this run: tuner '
@@ -147,7 +148,7 @@ class LoadTunerHook(Hook):
         tuner = load_tuner_checkpoint(self.tuner_checkpoint)
         model = unwrap_model(runner.model)
         check_tuner_fits(model.state_dict(), tuner, self.tuner_checkpoint)
-        base = getattr(runner, '_load_from', None)
+        base = runner_load_from(runner)
         on_rank0(lambda: check_base(
             tuner, base or 'the model (no load_from)', self.force_base,
             digests=frozen_digests(model), tuner_path=self.tuner_checkpoint))

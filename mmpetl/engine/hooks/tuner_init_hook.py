@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from mmpetl.models import init_prefixes_from_activations, pending_prefixes
 from mmpetl.registry import HOOKS
 from mmpetl.utils import unwrap_model
+from mmpetl.utils.mmengine_private import runner_has_train_dataloader
 
 __all__ = ['TunerInitHook']
 
@@ -56,8 +57,7 @@ class TunerInitHook(Hook):
         pending = pending_prefixes(model)
         if not pending:
             return
-        train = getattr(runner, '_train_dataloader', None)
-        if train is None:
+        if not runner_has_train_dataloader(runner):
             raise ValueError(
                 f"init='activations' ({len(pending)} prefix tuners, first "
                 f'{pending[0][0]}) needs training batches, and this runner '

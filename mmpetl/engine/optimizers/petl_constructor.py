@@ -50,7 +50,7 @@ from mmengine.registry import OPTIM_WRAPPERS, OPTIMIZERS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmpetl.registry import OPTIM_WRAPPER_CONSTRUCTORS
-from mmpetl.tuners import BaseTuner
+from mmpetl.tuners import BaseTuner, iter_tuners
 from mmpetl.utils import unwrap_model
 
 __all__ = ['PETLOptimWrapperConstructor', 'merge_param_groups',
@@ -190,11 +190,10 @@ class PETLOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if prefix:  # only the top-level call does the work
             return super().add_params(params, module, prefix, is_dcn_module)
         tuner_of = {}
-        for name, tuner in module.named_modules():
-            if isinstance(tuner, BaseTuner):
-                host = name.rpartition('.')[0]
-                for pname, param in tuner.named_parameters():
-                    tuner_of[id(param)] = (host, tuner, pname)
+        for name, tuner in iter_tuners(module):
+            host = name.rpartition('.')[0]
+            for pname, param in tuner.named_parameters():
+                tuner_of[id(param)] = (host, tuner, pname)
         if not any(p.requires_grad for p in module.parameters()):
             raise ValueError(
                 'no trainable parameter to optimise: every parameter is '
