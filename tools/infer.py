@@ -33,8 +33,9 @@ MMDetection checkpoint. Writes, as MMDetection's DetInferencer:
                                 image pixels), scores, labels, label_names
 
 With several tasks and no ``--task``, every image goes through every task
-(one forward serves a batch of several tasks, see mmpetl.apis.tasks) and
-each task writes OUT_DIR/<task>/vis and OUT_DIR/<task>/preds.
+(one forward serves a batch of several tasks, see
+mmpetl.models.multitask) and each task writes OUT_DIR/<task>/vis and
+OUT_DIR/<task>/preds.
 
 Bad input (a tuner for another base, an unknown task, class names that do
 not fit a head, no image found, weights that do not fit the config, the

@@ -203,6 +203,7 @@ def _use_classes(cfg, tuner_path: str) -> None:
     it with the dataset's classes)."""
     from mmpetl.apis import classifier_outputs
     from mmpetl.checkpoints import load_tuner_checkpoint
+    from mmpetl.models import background_slots
     tuner = load_tuner_checkpoint(tuner_path)
     model = cfg.model.get('model', cfg.model)
     head = model.get('bbox_head')
@@ -216,9 +217,8 @@ def _use_classes(cfg, tuner_path: str) -> None:
     elif head is not None:
         outputs = classifier_outputs(tuner['state_dict'], 'bbox_head',
                                      tuner_path)
-        sigmoid = head.get('loss_cls', {}).get('use_sigmoid', False)
         if outputs is not None:
-            head.num_classes = outputs - (0 if sigmoid else 1)
+            head.num_classes = outputs - background_slots(head)
 
 
 def task_configs(args, base_cfg):

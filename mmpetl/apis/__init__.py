@@ -2,13 +2,15 @@
 
 :class:`MultiTaskDetector` loads a base once, registers tuner checkpoints
 as tasks, switches between them and predicts, also for batches whose
-images belong to different tasks; :class:`TaskBank` is the model-level
-mechanism (switching, per-sample routing).
+images belong to different tasks; :class:`TaskBank` registers tasks on a
+model and hands switching and per-sample routing to the model-level
+:class:`mmpetl.models.TaskRouter` (``Task`` and ``RoutingError`` come from
+:mod:`mmpetl.models`, re-exported here).
 """
+from mmpetl.models import RoutingError
 from .inference import (IMAGE_EXTENSIONS, ImageReadError, MultiTaskDetector,
                         list_images, read_image)
 from .outputs import PredictionWriter, prediction_dict
-from mmpetl.tuners.routing import RoutingError
 from .tasks import (Task, TaskBank, TaskError, classifier_outputs,
                     unknown_task)
 

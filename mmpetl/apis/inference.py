@@ -14,7 +14,7 @@ hash is computed once per file, as the tools do) and its tensors kept
 beside the model (:class:`~mmpetl.apis.tasks.TaskBank`). ``set_task``
 copies one task's tensors in: no rebuild, no base reload. A list of task
 names, one per image, runs one forward for a batch of several tasks
-(DETR family; limits in :mod:`mmpetl.apis.tasks`).
+(DETR family; limits in :mod:`mmpetl.models.multitask`).
 
 Images go through the config's test pipeline, as MMDetection's
 ``DetInferencer`` does; the detections are in original image coordinates.

@@ -35,10 +35,10 @@ and is passed whole; any other size that is not a multiple of B is an
 error, and so is a routed output whose rows do not match its group (an
 input that holds samples was not declared).
 
-Limits (refused by the callers, see :mod:`mmpetl.apis.tasks`): routing
-is for inference (the swaps run under ``torch.no_grad``); a tuner folded
-into its host's weights (merged LoRA) has no branch left to route; tuners
-whose class does not set ``routable`` (VPT, UniPT) are refused.
+Limits (refused by the callers, see :mod:`mmpetl.models.multitask`):
+routing is for inference (the swaps run under ``torch.no_grad``); a tuner
+folded into its host's weights (merged LoRA) has no branch left to route;
+tuners whose class does not set ``routable`` (VPT, UniPT) are refused.
 """
 import contextlib
 from dataclasses import dataclass
