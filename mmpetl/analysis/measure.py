@@ -41,6 +41,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from mmpetl.checkpoints import tuner_checkpoint
 from .saved_tensors import saved_tensors_by_module
 
 __all__ = ['measure_config', 'synthetic_batch', 'rss_mib', 'reset_peak_rss',
@@ -312,40 +313,50 @@ def _forward_loss(model: nn.Module, optim, data: Dict):
     return model.parse_losses(losses)[0]
 
 
-def measure_config(cfg, device: str = 'cpu', batch: int = 1,
-                   size: Tuple[int, int] = (320, 320), amp: Optional[str] = None,
-                   warmup: int = 2, iters: int = 5, infer_iters: int = 5,
-                   profile_steps: int = 3) -> Dict:
-    """Every number of one benchmark row (see the module docstring)."""
-    from mmpetl.checkpoints import tuner_checkpoint
-    dev = torch.device(device)
-    cuda = dev.type == 'cuda'
+def _check_amp(amp: Optional[str], cuda: bool) -> None:
     if amp and not cuda:
         raise RuntimeError(
             f'--amp {amp} needs a CUDA device: MMEngine\'s AmpOptimWrapper '
             f'runs on GPUs only. Drop --amp for CPU runs.')
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    rss_libs = rss_mib()
 
-    model, optim = build_model_and_optim(cfg, dev, amp)
+
+def _size_facts(model: nn.Module) -> Dict:
+    """Parameter counts and what one task stores: its tuner checkpoint (a
+    PETL model that freezes something) or the full checkpoint."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     is_petl = getattr(model, 'tuner_cfgs', None) is not None
     full_mib = _serialized_mib({'state_dict': model.state_dict()})
     stored_mib = _serialized_mib(tuner_checkpoint(model)) if is_petl and \
         trainable < total else full_mib
+    return dict(total_params=total, trainable_params=trainable,
+                trainable_pct=100.0 * trainable / total,
+                is_petl=is_petl and trainable < total,
+                checkpoint_mib=stored_mib, full_checkpoint_mib=full_mib)
 
-    task = model_task(model)
-    data = synthetic_batch(task, batch, size, model_num_classes(model))
-    backbone_grad = []
+
+def _record_backbone_autograd(model: nn.Module, seen: List[bool]):
+    """Append to ``seen``, per backbone forward, whether an output requires
+    grad; returns the hook handle (None for a model without backbone)."""
     backbone = getattr(model, 'backbone', None)
-    if backbone is not None:
-        def record(module, args, output):
-            outs = output if isinstance(output, (tuple, list)) else [output]
-            backbone_grad.append(any(
-                isinstance(t, torch.Tensor) and t.requires_grad for t in outs))
-        handle = backbone.register_forward_hook(record)
+    if backbone is None:
+        return None
 
+    def record(module, args, output):
+        outs = output if isinstance(output, (tuple, list)) else [output]
+        seen.append(any(
+            isinstance(t, torch.Tensor) and t.requires_grad for t in outs))
+    return backbone.register_forward_hook(record)
+
+
+def _measure_training(model: nn.Module, optim, data: Dict,
+                      dev: torch.device, warmup: int, iters: int,
+                      profile_steps: int, rss_libs: float
+                      ) -> Tuple[Dict, List[float]]:
+    """Step time, peak memory and GPU busy time of ``model.train_step``,
+    and the loss of every step run here."""
+    cuda = dev.type == 'cuda'
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     model.train()
     losses = []
 
@@ -366,11 +377,19 @@ def measure_config(cfg, device: str = 'cpu', batch: int = 1,
         peak_rss = peak_rss_mib() - rss_libs
         peak = cpu_tensor_peak_mib(model, optim.optimizer, step)
     gpu_busy = _gpu_busy_ms(step, profile_steps) if cuda else None
-    if backbone is not None:
-        handle.remove()
-    saved = saved_tensors_by_module(
-        model, lambda: _forward_loss(model, optim, data))
+    return dict(peak_mem_mib=peak, peak_rss_mib=peak_rss,
+                model_rss_mib=None if cuda else rss_model - rss_libs,
+                step_ms=step_ms, step_times_ms=step_times,
+                gpu_busy_ms=gpu_busy), losses
 
+
+def _measure_inference(cfg, model: nn.Module, data: Dict,
+                       dev: torch.device, infer_iters: int
+                       ) -> Tuple[Dict, Dict]:
+    """``test_step`` latency of ``model`` beside its base model (timed in
+    alternation), before and after :func:`deploy`; what :func:`deploy`
+    returned."""
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
     model.eval()
     base = build_base_model(cfg, dev, weights_from=model)
 
@@ -392,19 +411,35 @@ def measure_config(cfg, device: str = 'cpu', batch: int = 1,
                              deployed['prefix_folded']):
         infer_deployed_ms, infer_deployed_base_ms = interleaved_medians(
             [infer, infer_base], 1, infer_iters, sync)
+    return dict(infer_ms=infer_ms, infer_deployed_ms=infer_deployed_ms,
+                infer_base_ms=infer_base_ms,
+                infer_deployed_base_ms=infer_deployed_base_ms), deployed
+
+
+def measure_config(cfg, device: str = 'cpu', batch: int = 1,
+                   size: Tuple[int, int] = (320, 320), amp: Optional[str] = None,
+                   warmup: int = 2, iters: int = 5, infer_iters: int = 5,
+                   profile_steps: int = 3) -> Dict:
+    """Every number of one benchmark row (see the module docstring)."""
+    dev = torch.device(device)
+    _check_amp(amp, dev.type == 'cuda')
+    rss_libs = rss_mib()
+    model, optim = build_model_and_optim(cfg, dev, amp)
+    sizes = _size_facts(model)
+    task = model_task(model)
+    data = synthetic_batch(task, batch, size, model_num_classes(model))
+    backbone_grad = []
+    handle = _record_backbone_autograd(model, backbone_grad)
+    train, losses = _measure_training(model, optim, data, dev, warmup,
+                                      iters, profile_steps, rss_libs)
+    if handle is not None:
+        handle.remove()
+    saved = saved_tensors_by_module(
+        model, lambda: _forward_loss(model, optim, data))
+    infer, deployed = _measure_inference(cfg, model, data, dev, infer_iters)
     return dict(
         task=task, device=str(dev), batch=batch, size=list(size),
-        amp=amp or 'fp32',
-        total_params=total, trainable_params=trainable,
-        trainable_pct=100.0 * trainable / total,
-        is_petl=is_petl and trainable < total,
-        checkpoint_mib=stored_mib, full_checkpoint_mib=full_mib,
-        peak_mem_mib=peak, peak_rss_mib=peak_rss,
-        model_rss_mib=None if cuda else rss_model - rss_libs,
-        step_ms=step_ms, step_times_ms=step_times, gpu_busy_ms=gpu_busy,
-        infer_ms=infer_ms, infer_deployed_ms=infer_deployed_ms,
-        infer_base_ms=infer_base_ms,
-        infer_deployed_base_ms=infer_deployed_base_ms,
+        amp=amp or 'fp32', **sizes, **train, **infer,
         backbone_autograd=(any(backbone_grad) if backbone_grad else None),
         saved_by_module_mib=saved['by_module'],
         saved_by_layer_mib=saved['by_layer'],
