@@ -42,7 +42,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 from mmpetl.demo.synthetic_coco import make_transfer_dataset  # noqa: E402
 from mmpetl.checkpoints import publish_checkpoint  # noqa: E402
-from mmpetl.ops import patch_msda_fp32  # noqa: E402
+from mmpetl import apply_patches  # noqa: E402
 from mmpetl.utils import unwrap_model  # noqa: E402
 
 CONFIGS = osp.join(ROOT, 'configs', 'demo')
@@ -116,6 +116,11 @@ def train_run(cfg):
         tuple: ``(runner, metrics, seconds)``: the finished Runner, the
         last validation epoch's metrics (a dict) and the training time.
     """
+    # mmpetl's patches for every run, the plain detectors too (base, full
+    # fine-tuning): their checkpoints must load under safe loading (no
+    # getattr in the message hub) and MSDA needs the fp32 wrapper under
+    # bf16 autocast; apply_patches is idempotent and logs once
+    apply_patches()
     runner = Runner.from_cfg(cfg)
     keep = _KeepMetrics()
     runner.register_hook(keep)
@@ -286,10 +291,10 @@ def check_device(args):
 def main():
     args = parse_args()
     check_device(args)
-    # MMCV's deformable attention as mmpetl runs it, for the plain detectors
-    # too (base, full fine-tuning): under --amp MMCV's CUDA op has no bf16
-    # kernel and needs mmpetl's fp32 wrapper (mmpetl.ops.msda_fp32)
-    patch_msda_fp32()
+    # MMCV and MMEngine as mmpetl runs them, for the plain detectors too
+    # (base, full fine-tuning): their checkpoints load under safe loading,
+    # and under --amp MMCV's CUDA op (no bf16 kernel) gets the fp32 wrapper
+    apply_patches()
     os.makedirs(args.work_dir, exist_ok=True)
     start = time.time()
     make_transfer_dataset(args.data_root)
