@@ -115,7 +115,7 @@ class PETLModel(BaseModel):
         model (dict): config of the inner model (a detector or classifier).
         tuners (list[dict]): tuner configs, see :func:`mmpetl.injection.inject`.
         trainable (str | list[str]): base-model parts that train too (e.g.
-            the heads). The rule of :mod:`mmpetl.injection.matching`: a
+            the heads). The rule of :mod:`mmpetl.utils.matching`: a
             string is a regex that must match a whole module or parameter
             name (``r'.*\.bias'``); a list holds names matched exactly or
             as dotted suffixes (``['bbox_head', 'bias']``). A parameter
