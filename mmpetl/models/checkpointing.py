@@ -85,7 +85,8 @@ from torch.utils.checkpoint import checkpoint
 from mmpetl.injection import (CHECKPOINT_PRESETS, detect_arch, format_table,
                               name_matches, nearest_names)
 from mmpetl.tuners import iter_tuners
-from mmpetl.ops.replay import REPLAYABLE, ReplayRecord, current_record
+from mmpetl.ops.replay import (REPLAYABLE, ReplayRecord, activated,
+                               active_record)
 
 __all__ = ['apply_activation_checkpointing', 'resolve_checkpoint_targets',
            'parse_checkpoint_spec',
@@ -207,9 +208,8 @@ def _replayable_dropout(module: nn.Dropout, forward: Callable,
                         input: torch.Tensor) -> torch.Tensor:
     """``nn.Dropout.forward``, its mask kept or replayed inside a
     checkpointed layer that keeps ``'dropout_masks'``."""
-    record = current_record()
-    if record is None or 'dropout_masks' not in record.keep or \
-            not module.training or not 0 < module.p < 1 or \
+    record = active_record('dropout_masks')
+    if record is None or not module.training or not 0 < module.p < 1 or \
             input.device.type != 'cpu':
         return forward(input)
     return record.dropout(input, module.p, module.inplace)
@@ -315,7 +315,7 @@ def _checkpointed_forward(module: nn.Module, forward: Callable, name: str,
     record = ReplayRecord(keep) if keep else None
 
     def run(*inputs):
-        with record.active() if record else contextlib.nullcontext():
+        with activated(record):
             return forward(*inputs[:num_args],
                            **dict(zip(keys, inputs[num_args:])))
 

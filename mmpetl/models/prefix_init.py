@@ -6,7 +6,8 @@ forwards of the frozen model in eval mode with the prefix branches off,
 the projected keys (and values) its host computes - for deformable
 attention, the queries its branch attends with - and then draws ``l`` of
 those tokens as ``P_k`` (joint form: also ``P_v``; parallel form: ``P_v``
-stays 0, exact at init).
+stays 0, exact at init). It drives the tuners through their public
+collection protocol (:class:`mmpetl.tuners.prefix.ActivationInit`).
 """
 from typing import Iterable, List, Sequence
 
@@ -66,6 +67,6 @@ def init_prefixes_from_activations(model: nn.Module,
             tuner.finish_collecting(generator)
     finally:
         for _, tuner in pending:
-            tuner._collected = None
+            tuner.stop_collecting()
         model.train(was_training)
     return [name for name, _ in pending]

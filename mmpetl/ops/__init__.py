@@ -1,6 +1,7 @@
 from .msda import (ms_deform_attn, ms_deform_attn_backward,
                    ms_deform_attn_pytorch)
-from .replay import REPLAYABLE, ReplayRecord, current_record
+from .replay import (REPLAYABLE, ReplayRecord, activated,
+                     active_record, current_record)
 from .msda_fp32 import (FP32MSDAFunction, msda_backend, msda_fallback,
                         msda_fp32_patched, patch_msda_fp32,
                         unpatch_msda_fp32)
@@ -9,5 +10,6 @@ __all__ = [
     'patch_msda_fp32', 'unpatch_msda_fp32', 'msda_fp32_patched',
     'msda_backend', 'msda_fallback', 'FP32MSDAFunction',
     'ms_deform_attn', 'ms_deform_attn_backward', 'ms_deform_attn_pytorch',
-    'ReplayRecord', 'current_record', 'REPLAYABLE'
+    'ReplayRecord', 'activated', 'active_record', 'current_record',
+    'REPLAYABLE'
 ]

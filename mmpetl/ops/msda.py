@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .replay import current_record
+from .replay import active_record
 
 __all__ = ['ms_deform_attn', 'ms_deform_attn_backward',
            'ms_deform_attn_pytorch']
@@ -218,8 +218,8 @@ def ms_deform_attn_pytorch(value: Tensor, value_spatial_shapes: Tensor,
                                                dtype=torch.long)
     inputs = (value, value_spatial_shapes, sampling_locations,
               attention_weights)
-    record = current_record()
-    if record is None or 'ms_deform_attn' not in record.keep:
+    record = active_record('ms_deform_attn')
+    if record is None:
         return ms_deform_attn(*inputs)
     return record.output(lambda: ms_deform_attn(*inputs),
                          lambda kept: _KeptOutput.apply(*inputs, kept))

@@ -26,6 +26,15 @@ more on a CPU than what they produce:
 Memory: one byte per dropped element and one output per deformable
 attention, per checkpointed layer, from its forward to its backward.
 Nothing changes outside a checkpointed layer (no record active).
+
+The active record is this module's state (one per thread) and has two
+public doors: the checkpointing wrapper
+(:func:`mmpetl.models.checkpointing.apply_activation_checkpointing`) runs
+each run of a layer's forward inside :func:`activated`, and what can keep
+something asks :func:`active_record` for a record that keeps its kind:
+mmpetl's deformable attention (:func:`mmpetl.ops.ms_deform_attn_pytorch`,
+``'ms_deform_attn'``) and the checkpointed layers' ``nn.Dropout``
+(``'dropout_masks'``). Nothing else reads or sets it.
 """
 import contextlib
 import threading
@@ -33,17 +42,56 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ['ReplayRecord', 'current_record', 'REPLAYABLE']
+__all__ = ['ReplayRecord', 'activated', 'active_record',
+           'current_record', 'REPLAYABLE']
 
 #: what a record can keep
 REPLAYABLE = ('ms_deform_attn', 'dropout_masks')
 
+#: the active record of each thread: set by :meth:`ReplayRecord.active`
+#: only (:func:`activated`), read by :func:`active_record` only
 _LOCAL = threading.local()
 
 
+def active_record(kind: Optional[str] = None) -> Optional['ReplayRecord']:
+    """The record of the checkpointed layer running now on this thread.
+
+    Args:
+        kind: one of :data:`REPLAYABLE`: only a record that keeps it is
+            returned; None: any active record.
+
+    Returns:
+        ReplayRecord | None: None outside a checkpointed layer's forward
+        (or when its record does not keep ``kind``).
+    """
+    record = getattr(_LOCAL, 'record', None)
+    if record is None or (kind is not None and kind not in record.keep):
+        return None
+    return record
+
+
 def current_record() -> Optional['ReplayRecord']:
-    """The record of the checkpointed layer running now, if any."""
-    return getattr(_LOCAL, 'record', None)
+    """The record of the checkpointed layer running now, if any
+    (:func:`active_record` of any kind)."""
+    return active_record()
+
+
+@contextlib.contextmanager
+def activated(record: Optional['ReplayRecord']) -> Iterator:
+    """Run the body as one run of a checkpointed layer's forward with
+    ``record`` active on this thread: its first run records, later runs
+    (the recomputation in backward) replay. The record active before is
+    active again after.
+
+    Args:
+        record: the layer's record; None: the body runs as is (the active
+            record, if any, stays active).
+    """
+    if record is None:
+        yield
+        return
+    with record.active():
+        yield
 
 
 class ReplayRecord:
@@ -69,9 +117,10 @@ class ReplayRecord:
 
     @contextlib.contextmanager
     def active(self) -> Iterator:
-        """One run of the layer's forward: the first records, later ones
-        replay."""
-        before = current_record()
+        """One run of the layer's forward with this record active on this
+        thread: the first records, later ones replay (callers outside
+        this module use :func:`activated`)."""
+        before = active_record()
         _LOCAL.record = self
         self._next = {'masks': 0, 'outputs': 0}
         try:

@@ -1,14 +1,15 @@
 """Tuners: plain torch modules that attach to a frozen host module.
 
-Each file holds one method and its formula. Nothing here imports MMDetection.
+Each file holds one method and its formula (prefix tuning, with its
+forms, inits and hosts, is the package ``prefix/``). Nothing here imports
+MMDetection.
 """
 from .adapter import ParallelAdapter
 from .base import BaseTuner, TunerHostError
-from .deformable_prefix import DeformablePrefix
 from .lora import (LoRA, LoRAConditionalAttention, LoRAFusedAttention,
                    LoRALinear)
-from .prefix import (PREFIX_FORMS, PREFIX_INITS, PrefixBase, PrefixTuning,
-                     ScaledPrefix)
+from .prefix import (PREFIX_FORMS, PREFIX_INITS, DeformablePrefix,
+                     PrefixBase, PrefixTuning, ScaledPrefix)
 from .routing import RoutingError, TaskGroups
 from .serial_adapter import SerialAdapter
 from .unipt import UniPT
