@@ -13,7 +13,12 @@ from .inits import PREFIX_INITS, ActivationInit, init_prefixes
 
 __all__ = ['PrefixBase', 'PREFIX_FORMS']
 
-PREFIX_FORMS = ('joint', 'parallel')
+#: every form a prefix tuner knows; each host class accepts its own subset
+#: (``forms``): attentions with keys ``joint``, ``parallel``, ``reweight``,
+#: ``reweight+parallel``; deformable attention ``parallel``, ``steer``,
+#: ``steer+parallel`` (see :mod:`mmpetl.tuners.prefix`)
+PREFIX_FORMS = ('joint', 'parallel', 'reweight', 'reweight+parallel',
+                'steer', 'steer+parallel')
 
 
 class PrefixBase(ActivationInit, BaseTuner):

@@ -1,4 +1,4 @@
-"""The three initialisations of the prefixes ``P_k, P_v`` (``init``).
+"""The four initialisations of the prefixes ``P_k, P_v`` (``init``).
 
 * ``'random'``: ``P_k, P_v ~ N(0, init_std^2)``.
 * ``'scaled'``: ``P_v = 0``; ``P_k ~ N(0, key_std^2)``, where a host's
@@ -6,6 +6,9 @@
   host's projected keys for unit-variance inputs).
 * ``'activations'``: ``'scaled'``'s draw as a placeholder, then ``l``
   tokens the frozen host computes on a few batches (:class:`ActivationInit`).
+* ``'balanced'``: ``P_k = 0``; values ``N(0, init_std^2)`` minus their mean
+  over the prefixes (:func:`balanced_`): the branch is 0 at init and every
+  non-scale tensor gets a gradient at step 0.
 
 :class:`ActivationInit` is the public protocol of the activation init:
 :func:`mmpetl.models.init_prefixes_from_activations` calls
@@ -24,10 +27,10 @@ import torch.nn as nn
 
 from .hosts import key_weight_of
 
-__all__ = ['PREFIX_INITS', 'init_prefixes', 'scaled_key_std',
+__all__ = ['PREFIX_INITS', 'init_prefixes', 'balanced_', 'scaled_key_std',
            'ActivationInit']
 
-PREFIX_INITS = ('random', 'scaled', 'activations')
+PREFIX_INITS = ('random', 'scaled', 'activations', 'balanced')
 
 
 def init_prefixes(prefix_k: torch.Tensor, prefix_v: torch.Tensor,
@@ -45,9 +48,28 @@ def init_prefixes(prefix_k: torch.Tensor, prefix_v: torch.Tensor,
     if init == 'random':
         nn.init.normal_(prefix_k, std=init_std)
         nn.init.normal_(prefix_v, std=init_std)
+    elif init == 'balanced':
+        nn.init.zeros_(prefix_k)
+        balanced_(prefix_v, init_std)
     else:  # 'scaled', and the placeholder until activations arrive
         nn.init.normal_(prefix_k, std=key_std)
         nn.init.zeros_(prefix_v)
+
+
+@torch.no_grad()
+def balanced_(values: torch.Tensor, std: float, dim: int = -2) -> None:
+    """``'balanced'``'s value draw, in place: ``N(0, std^2)`` minus its
+    mean over the prefixes (``dim``, the ``l`` axis).
+
+    With ``P_k = 0`` every query's softmax over the prefixes is uniform, so
+    the branch ``sum_p a_p V_p = mean_p V_p`` is 0 (up to rounding) at init,
+    while every tensor gets a gradient at step 0: ``V`` through ``a_p =
+    1/l``, ``P_k`` through the softmax's derivative ``a_p (V_p - mean V)``
+    (no longer multiplied by a zero tensor, as ``P_k`` is under
+    ``'scaled'``'s ``P_v = 0``).
+    """
+    nn.init.normal_(values, std=std)
+    values.sub_(values.mean(dim=dim, keepdim=True))
 
 
 def scaled_key_std(host: nn.Module) -> float:
