@@ -46,7 +46,8 @@ class PrefixBase(ActivationInit, BaseTuner):
 
     attr_name = 'prefix'
     #: learned tokens (no weight decay by default, see the optimizer)
-    token_params = ('prefix_k', 'prefix_v', 'embedding')
+    token_params = ('prefix_k', 'prefix_v', 'embedding', 'prefix_q',
+                    'prefix_steer')
     forms: Tuple[str, ...] = PREFIX_FORMS
     routable = True
 
