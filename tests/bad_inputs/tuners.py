@@ -78,13 +78,13 @@ TUNER_CASES = [
                       form='paralel')], ValueError,
                 r"ScaledPrefix on torch.nn.modules.activation."
                 r"MultiheadAttention: unknown form='paralel'; valid forms: "
-                r"\['joint', 'parallel'\]"),
+                r"\['joint', 'parallel', 'reweight', 'reweight\+parallel'\]"),
     _tuner_case('prefix-init-typo', 'unknown prefix init (`activation`)',
                 [dict(type='ScaledPrefix', presets=['attn'],
                       init='activation')], ValueError,
                 r"ScaledPrefix on .*MultiheadAttention: unknown "
                 r"init='activation'; valid inits: \['random', 'scaled', "
-                r"'activations'\]"),
+                r"'activations', 'balanced'\]"),
     Case('prefix-form-host', 'tuner config',
          "the joint prefix form on deformable attention (`form='joint'`, "
          "preset `attn` of Deformable DETR)",
@@ -93,7 +93,7 @@ TUNER_CASES = [
                                 model=_small_deformable()),
          TypeError, r"prefix form='joint' does not apply to .*"
          r"MultiScaleDeformableAttention.*valid forms there: "
-         r"\['parallel'\]"),
+         r"\['parallel'"),
     Case('activations-no-data', 'tuner config',
          "`init='activations'` in a run without a train dataloader",
          _activations_without_data, ValueError,

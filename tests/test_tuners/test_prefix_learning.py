@@ -152,14 +152,16 @@ def test_scaled_init_spreads_prefix_logits_like_real_keys():
 def test_bad_options_name_option_host_and_choices():
     host, _, _ = host_and_call('msda')
     with pytest.raises(TunerHostError, match=r"form='joint'.*"
-                       r"MultiScaleDeformableAttention.*\['parallel'\]"):
+                       r"MultiScaleDeformableAttention.*\['parallel'"):
         ScaledPrefix.from_host(host, num_prefix=P, form='joint')
     mha = nn.MultiheadAttention(D, HEADS)
     with pytest.raises(ValueError, match=r"unknown form='sideways'.*"
-                       r"\['joint', 'parallel'\]"):
+                       r"\['joint', 'parallel', 'reweight', "
+                       r"'reweight\+parallel'\]"):
         ScaledPrefix.from_host(mha, form='sideways')
     with pytest.raises(ValueError, match=r"unknown init='zeros'.*"
-                       r"\['random', 'scaled', 'activations'\]"):
+                       r"\['random', 'scaled', 'activations', "
+                       r"'balanced'\]"):
         ScaledPrefix.from_host(mha, init='zeros')
     with pytest.raises(ValueError, match="reparam_hidden needs "
                        "init='random'"):

@@ -62,6 +62,10 @@ TUNERS = {
     'prefix_mlp': dict(type='ScaledPrefix', num_prefix=3, init='random',
                        reparam_hidden=8),
     'prefix_tuning': dict(type='PrefixTuning', num_prefix=3),
+    'prefix_reweight': dict(type='ScaledPrefix', num_prefix=3,
+                            form='reweight'),
+    'prefix_reweight_parallel': dict(type='ScaledPrefix', num_prefix=3,
+                                     form='reweight+parallel'),
     'lora': dict(type='LoRA', rank=2),
     'vpt_deep': dict(type='VPT', num_prompts=2),
     'vpt_shallow': dict(type='VPT', num_prompts=2, deep=False),
@@ -72,10 +76,12 @@ GROUP = {'adapter': 'adapter', 'serial_adapter': 'serial_adapter',
          'utuner': 'utuner', 'utuner_seq': 'utuner', 'lora': 'lora',
          'prefix': 'prefix', 'prefix_joint': 'prefix',
          'prefix_mlp': 'prefix', 'prefix_tuning': 'prefix',
+         'prefix_reweight': 'prefix', 'prefix_reweight_parallel': 'prefix',
          'vpt_deep': 'vpt', 'vpt_shallow': 'vpt'}
 ATTENTION = ['torch_mha', 'mmcv_mha', 'cond_self', 'cond_cross', 'msda',
              'vit_attn', 'swin']
 ATTENTION_TUNERS = ['prefix', 'prefix_joint', 'prefix_mlp', 'prefix_tuning',
+                    'prefix_reweight', 'prefix_reweight_parallel',
                     'lora', 'utuner', 'utuner_seq']
 ON = dict({h: ATTENTION_TUNERS for h in ATTENTION},
           ffn=['adapter', 'serial_adapter', 'lora', 'utuner', 'utuner_seq'],
@@ -85,6 +91,10 @@ REFUSED = {
     ('msda', 'prefix_joint'): (TunerHostError,
                                "form='joint' does not apply"),
     ('msda', 'prefix_mlp'): (TunerHostError, 'reparam_hidden does not apply'),
+    ('msda', 'prefix_reweight'): (TunerHostError,
+                                  "form='reweight' does not apply"),
+    ('msda', 'prefix_reweight_parallel'): (
+        TunerHostError, r"form='reweight\+parallel' does not apply"),
     ('torch_mha', 'utuner'): (TunerHostError, 'UTuner cannot tune'),
     ('torch_mha', 'utuner_seq'): (TunerHostError, 'UTuner cannot tune'),
 }

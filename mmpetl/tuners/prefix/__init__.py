@@ -1,8 +1,9 @@
 """Scaled prefix tuning (ETTA's attention tuner; Li & Liang's at s = 1).
 
 ``l`` learned prefixes ``P_k, P_v`` (each ``l x d``, split over the heads
-like projected keys/values) extend every head's attention in one of two
-forms (``form``):
+like projected keys/values) extend every head's attention in one of these
+forms (``form``; an attention with keys takes these four, deformable
+attention its own, below):
 
 * ``'joint'``, ETTA's formula and Li & Liang's prefix tuning: one softmax
   over the prefixes and the keys, the prefix values scaled by ``s``::
@@ -22,8 +23,29 @@ forms (``form``):
   and ``P_v`` still gets a first-order gradient at step 0 (through ``s``,
   which starts non-zero). MMCV's deformable attention, which has no keys,
   takes this form (:class:`~mmpetl.tuners.DeformablePrefix`).
+* ``'reweight'``: the prefixes move the queries, so they change *which
+  frozen keys* a query attends (the forms above only add values). A
+  third tensor ``P_q`` (``l x d_k``, split like ``P_k``) and, per head::
 
-Initialisations (``init``):
+      a   = softmax(Q P_k^T / sqrt(d_h))            over the l prefixes
+      Q'  = Q + s * a P_q
+      h   = Attn(Q', K, V)
+
+  ``Attn`` is the host's frozen attention (same keys, values, masks,
+  position biases, scaling), so the logits become
+  ``Q K^T + s (a P_q) K^T``: a query-conditioned change of the logits
+  over the real keys. No ``P_v``.
+* ``'reweight+parallel'``: both, sharing ``P_k``, with a scale each
+  (``s`` on the query shift, ``s_v`` on the values; see
+  :mod:`.scaled`)::
+
+      h = Attn(Q', K, V) + s_v * Attn(Q, P_k, P_v)
+
+  Merge rule of the re-weighting forms: none; ``s * a P_q`` is a
+  non-linear function of the query, so it folds into no ``W_q``.
+
+Initialisations (``init``; None: ``'balanced'`` for the re-weighting
+forms, ``'scaled'`` otherwise, ``'random'`` for :class:`PrefixTuning`):
 
 * ``'random'``: ``P_k, P_v ~ N(0, init_std^2)`` (Li & Liang without
   re-parametrisation; mmpetl's first default).
@@ -39,6 +61,12 @@ Initialisations (``init``):
   step by :class:`mmpetl.engine.hooks.TunerInitHook` (or
   :func:`mmpetl.models.init_prefixes_from_activations`); training without
   it is refused.
+* ``'balanced'``: ``P_k = 0``; ``P_v`` (and ``P_q``) ``N(0, init_std^2)``
+  centred over the prefixes: the uniform softmax makes ``a P_v = a P_q =
+  0`` (exact at init up to rounding) while ``P_k``, ``P_v``, ``P_q`` all
+  get a gradient at step 0. The re-weighting forms take ``'balanced'``,
+  ``'scaled'`` and ``'activations'`` (both with ``P_q = P_v = 0``), not
+  ``'random'`` (its ``P_q`` would shift the queries at init).
 
 Masks apply to the real keys only; prefix slots are always attended.
 
@@ -61,10 +89,14 @@ query, its positional part or both), ``P_v`` is ``l x d``, so
 projections ``[W_kc; W_kp]``.
 
 Parameters, direct: ``2*l*d`` (+1 for a learnable ``s``; conditional
-cross-attention ``3*l*d``). With the MLP re-parametrisation
+cross-attention ``3*l*d``); ``'reweight'`` ``2*l*d_k`` (+1),
+``'reweight+parallel'`` ``l*(2*d_k + d)`` (+2), ``d_k = d`` (``2d`` in
+conditional cross-attention, where ``P_q`` shifts both the content and
+the positional half of a query). With the MLP re-parametrisation
 (``reparam_hidden=h``, ``init='random'`` only) training holds an embedding
 and an MLP, ``l*d + d*h + h + 2*d*h + 2*d`` (+1; its output layer is
-``d_k + d`` wide), and deployment only the resulting ``2*l*d`` (+1).
+``d_k + d`` wide), and deployment only the resulting ``2*l*d`` (+1); the
+re-weighting forms refuse it.
 
 Modules: :mod:`.hosts` (which module a prefix tunes, its widths and key
 projection), :mod:`.inits` (the three inits and the activation-collection

@@ -86,18 +86,18 @@ class PrefixBase(ActivationInit, BaseTuner):
             f'{type(host).__name__}')
         if form not in PREFIX_FORMS:
             raise ValueError(f'{where}: unknown form={form!r}; valid forms: '
-                             f'{list(PREFIX_FORMS)}')
+                             f'{list(cls.forms)}')
         if init not in PREFIX_INITS:
             raise ValueError(f'{where}: unknown init={init!r}; valid inits: '
                              f'{list(PREFIX_INITS)}')
         if form not in cls.forms:
             raise TunerHostError(
-                f"prefix form={form!r} does not apply to {where} "
-                f'(deformable attention samples values at offsets and has '
-                f'no keys to share a softmax with); valid forms there: '
-                f"{list(cls.forms)}. Use form='parallel', or point the "
-                f"joint-form tuner at MultiheadAttention only (e.g. presets="
-                f"['decoder_self_attn']).")
+                f'prefix form={form!r} does not apply to {where}; valid '
+                f'forms there: {list(cls.forms)} (attentions with keys and '
+                f'deformable attention, which has none, take different '
+                f'forms: see mmpetl.tuners.prefix). Use one of those, or '
+                f'point the form={form!r} tuner only at attentions that '
+                f'take it.')
 
     # -- prefixes -----------------------------------------------------------
     def key_values(self) -> Tuple[torch.Tensor, torch.Tensor]:
