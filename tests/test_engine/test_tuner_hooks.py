@@ -132,3 +132,26 @@ def test_health_hook_warns_about_an_inert_branch_and_not_a_live_one(
     assert len(scalars) == 3  # iterations 1, 2 and 4
     assert 'tuner_layer/encoder.layers.0.self_attn.prefix/contribution' in \
         scalars[-1]
+
+
+def test_init_hook_broadcasts_every_prefix_tensor_of_the_form(
+        tmp_path, base_checkpoint, monkeypatch):
+    """Under DDP rank 0's prefixes are broadcast: every prefix tensor the
+    tuner's form has (reweight: P_k and P_q, no P_v), never a missing one."""
+    import mmpetl.engine.hooks.tuner_init_hook as hook_module
+    sent = []
+    monkeypatch.setattr(hook_module, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(hook_module, 'broadcast',
+                        lambda tensor: sent.append(tensor))
+    tuners = [dict(type='ScaledPrefix', presets=['decoder_self_attn'],
+                   num_prefix=4, init='activations', form='reweight')]
+    runner = runner_with(tmp_path, tuners,
+                         [dict(type='mmpetl.TunerInitHook', num_batches=1)],
+                         max_iters=1, load_from=str(base_checkpoint))
+    runner.train()
+    expected = [t for m in runner.model.modules()
+                if isinstance(m, PrefixBase)
+                for t in (m.prefix_k, m.prefix_q)]
+    assert len(expected) == 4  # 2 decoder layers x (P_k, P_q)
+    assert sorted(t.data_ptr() for t in sent) == sorted(
+        t.data_ptr() for t in expected)

@@ -76,9 +76,11 @@ class TunerInitHook(Hook):
                     break
             done = init_prefixes_from_activations(model, batches, self.seed)
         if get_world_size() > 1:
-            for _, tuner in pending:
-                broadcast(tuner.prefix_k.data)
-                broadcast(tuner.prefix_v.data)
+            for _, tuner in pending:  # every prefix tensor this form has
+                for name in tuner.token_params:
+                    tensor = getattr(tuner, name, None)
+                    if isinstance(tensor, torch.Tensor):
+                        broadcast(tensor.data)
         runner.logger.info(
             f'mmpetl: {len(done)} prefix tuners initialised from the '
             f'activations of {len(batches)} training batches')
