@@ -62,6 +62,10 @@ TUNERS = {
     'prefix_mlp': dict(type='ScaledPrefix', num_prefix=3, init='random',
                        reparam_hidden=8),
     'prefix_tuning': dict(type='PrefixTuning', num_prefix=3),
+    # deformable attention only: the prefixes steer its sampling
+    'prefix_steer': dict(type='ScaledPrefix', num_prefix=3, form='steer'),
+    'prefix_steer_parallel': dict(type='ScaledPrefix', num_prefix=3,
+                                  form='steer+parallel'),
     'prefix_reweight': dict(type='ScaledPrefix', num_prefix=3,
                             form='reweight'),
     'prefix_reweight_parallel': dict(type='ScaledPrefix', num_prefix=3,
@@ -76,6 +80,7 @@ GROUP = {'adapter': 'adapter', 'serial_adapter': 'serial_adapter',
          'utuner': 'utuner', 'utuner_seq': 'utuner', 'lora': 'lora',
          'prefix': 'prefix', 'prefix_joint': 'prefix',
          'prefix_mlp': 'prefix', 'prefix_tuning': 'prefix',
+         'prefix_steer': 'prefix', 'prefix_steer_parallel': 'prefix',
          'prefix_reweight': 'prefix', 'prefix_reweight_parallel': 'prefix',
          'vpt_deep': 'vpt', 'vpt_shallow': 'vpt'}
 ATTENTION = ['torch_mha', 'mmcv_mha', 'cond_self', 'cond_cross', 'msda',
@@ -83,7 +88,8 @@ ATTENTION = ['torch_mha', 'mmcv_mha', 'cond_self', 'cond_cross', 'msda',
 ATTENTION_TUNERS = ['prefix', 'prefix_joint', 'prefix_mlp', 'prefix_tuning',
                     'prefix_reweight', 'prefix_reweight_parallel',
                     'lora', 'utuner', 'utuner_seq']
-ON = dict({h: ATTENTION_TUNERS for h in ATTENTION},
+STEER_TUNERS = ['prefix_steer', 'prefix_steer_parallel']
+ON = dict({h: ATTENTION_TUNERS + STEER_TUNERS for h in ATTENTION},
           ffn=['adapter', 'serial_adapter', 'lora', 'utuner', 'utuner_seq'],
           vit=['vpt_deep', 'vpt_shallow'])
 #: (host, kind) mmpetl refuses, with the error and words of its message
@@ -98,6 +104,14 @@ REFUSED = {
     ('torch_mha', 'utuner'): (TunerHostError, 'UTuner cannot tune'),
     ('torch_mha', 'utuner_seq'): (TunerHostError, 'UTuner cannot tune'),
 }
+# the steer forms move deformable attention's sampling: other attentions
+# refuse them by name
+STEER_REFUSAL = {
+    'prefix_steer': "form='steer' does not apply to ScaledPrefix",
+    'prefix_steer_parallel': r"form='steer\+parallel' does not apply to "
+                             r'ScaledPrefix'}
+REFUSED.update({(h, k): (TunerHostError, STEER_REFUSAL[k])
+                for h in ATTENTION if h != 'msda' for k in STEER_TUNERS})
 SAME_HOST = (TunerHostError, 'already has an attribute')
 
 

@@ -22,7 +22,7 @@ attention its own, below):
   With ``P_v = 0`` at init the tuned attention is exactly the frozen one,
   and ``P_v`` still gets a first-order gradient at step 0 (through ``s``,
   which starts non-zero). MMCV's deformable attention, which has no keys,
-  takes this form (:class:`~mmpetl.tuners.DeformablePrefix`).
+  takes this form, or steers its sampling with the prefixes (below).
 * ``'reweight'``: the prefixes move the queries, so they change *which
   frozen keys* a query attends (the forms above only add values). A
   third tensor ``P_q`` (``l x d_k``, split like ``P_k``) and, per head::
@@ -87,6 +87,27 @@ query, its positional part or both), ``P_v`` is ``l x d``, so
 (``P_v = 0`` zeroes the branch whatever ``P_k``); ``'scaled'`` draws
 ``P_k`` with the rms of the stacked content and positional key
 projections ``[W_kc; W_kp]``.
+
+Deformable attention (MMCV's ``MultiScaleDeformableAttention``, MSDA;
+:class:`~mmpetl.tuners.DeformablePrefix`, :mod:`.deformable`) has no keys
+and takes ``form='parallel'`` (default: the branch above, projected by
+``output_proj``'s tuned weight), ``'steer'`` or ``'steer+parallel'``. With
+``q`` the query plus its position (what MSDA's ``sampling_offsets`` and
+``attention_weights`` Linears see) and ``a_h = softmax(q_h P_k,h^T /
+sqrt(d_h))`` over the prefixes, the steering adds ``s_steer * a_h S_h`` to
+those Linears' outputs: ``S`` (``prefix_steer``, ``l x H x 3*L*P`` for
+``L`` levels, ``P`` points) holds per prefix and head ``2*L*P`` offsets (in
+``sampling_offsets``' units, before MSDA normalises them) and ``L*P``
+attention logits (before MSDA's softmax), so the prefixes move where MSDA
+samples and how much each sample weighs, per query. ``'steer+parallel'``
+adds the value branch too, sharing ``P_k`` (``a_h``), with its own ``s``.
+The steer forms default to ``init='balanced'`` (``P_k = 0``, ``S`` and
+``P_v`` drawn then centred over the prefixes: no change at init, a
+gradient on every non-scale tensor at step 0; ``'scaled'`` and
+``'activations'`` start from ``S = 0``; ``'random'`` is refused). The
+steering is query-conditioned, so it folds into no weight; a LoRA on the
+same Linears merges exactly beside it. Parameters: ``'steer'`` ``l*d +
+3*l*H*L*P`` (+1), ``'steer+parallel'`` ``2*l*d + 3*l*H*L*P`` (+2).
 
 Parameters, direct: ``2*l*d`` (+1 for a learnable ``s``; conditional
 cross-attention ``3*l*d``); ``'reweight'`` ``2*l*d_k`` (+1),
