@@ -83,6 +83,23 @@ def vpt_count(model, deep):
 
 
 def unipt_count(model, arch):
+    """The official design (width r = 16 here, d/2 by default)."""
+    r = 16
+    if arch == 'vit':  # embeddings + every block, ReLU -> Linear each
+        layers, d = len(model.backbone.layers) + 1, model.backbone.embed_dims
+        return (layers + 1) * (d * r + r) + (r + 1) + (r * d + d)
+    d = model.decoder.embed_dims
+    # layers read beside the last: every other one from the first
+    dec = len(range(0, len(model.decoder.layers) - 1, 2))
+    enc = len(range(0, len(model.encoder.layers) - 1, 2))
+    proj = d * r + r + 2 * r  # Linear + LN
+    agg = (r + 1) + (r * d + d) + (d * r + r) + 2 * r  # gate + P
+    cross = r * r + r + 2 * r  # Linear + LN per decoder layer read
+    up = r * d + d + 2 * d  # Linear + LN
+    return (enc + 1 + dec + 1) * proj + 2 * agg + dec * cross + up
+
+
+def unipt_v1_count(model, arch):
     if arch == 'vit':
         layers, d = len(model.backbone.layers), model.backbone.embed_dims
     else:
@@ -127,6 +144,8 @@ METHODS = {
                                     m, 'ffn', True)),
     'unipt': ([], dict(type='UniPT', bottleneck=16), [], True,
               unipt_count),
+    'unipt_v1': ([], dict(type='UniPT', variant='v1', bottleneck=16), [],
+                 True, unipt_v1_count),
     'vpt_shallow': ([dict(type='VPT', presets=['backbone'], num_prompts=P,
                           deep=False)], None, [], False,
                     lambda m, a: vpt_count(m, False)),

@@ -7,18 +7,25 @@ frozen part runs without autograd and the network's corrections reach the
 heads:
 
 * DETR / Deformable DETR: ``extract_feat`` (backbone + neck) and
-  ``forward_transformer`` (encoder + decoder) run in ``torch.no_grad``; the
-  decoder's per-layer hidden states ``h_l`` (``return_intermediate=True``,
-  ``(L, B, num_queries, d)``) feed UniPT. The bbox head supervises every
-  layer (auxiliary losses), so by default each layer ``k`` gets its own
-  correction from layers ``1..k`` (``all_layers=False``: only the last
-  one, the paper's single output).
+  ``forward_transformer`` (encoder + decoder) run in ``torch.no_grad``.
+  The official UniPT (default) reads the encoder layers' outputs (forward
+  hooks on ``encoder.layers``; Deformable DETR's multi-scale tokens
+  flattened as the encoder sees them) with the encoder's
+  ``key_padding_mask`` (a pre-hook on the encoder) and the decoder's
+  per-layer hidden states ``(L, B, num_queries, d)``; it rewrites the
+  decoder layers it reads (every other + last) and the heads read those.
+  ``variant='v1'`` reads the decoder states only; the bbox head supervises
+  every layer (auxiliary losses), so by default each layer ``k`` gets its
+  own correction from layers ``1..k`` (``all_layers=False``: only the last
+  one).
 * MMPretrain ``ImageClassifier`` with a ``VisionTransformer``:
   ``extract_feat`` runs the backbone in ``torch.no_grad``, capturing the
-  outputs of ``backbone.layers.l`` (all tokens, before the final norm);
-  the correction of the last layer is brought to the backbone's output
-  type (class token, token mean, feature map or raw tokens) and added to
-  the last backbone output.
+  embeddings (input of ``backbone.layers.0``, official only) and the
+  outputs of ``backbone.layers.l`` (all tokens, before the final norm).
+  The official network's anchor is the backbone's output (class token,
+  token mean, feature map or raw tokens, as tokens); its output goes back
+  in the same layout. v1 adds the last layer's token correction, brought
+  to the backbone's output type, to the last backbone output.
 
 The replaced methods are partials of module-level functions that look up
 ``host.unipt``: a deepcopy of the model (e.g. an EMA copy) calls the copied
@@ -114,9 +121,15 @@ def attach_parallel(model: nn.Module, cfg: Dict) -> InjectedTuner:
             f'`parallel` takes a network beside the whole model (UniPT); '
             f'{type_name} attaches to modules: list it in `tuners`.')
     lr_mult, decay_mult = cfg.pop('lr_mult', 1.0), cfg.pop('decay_mult', 1.0)
+    v1 = cfg.get('variant', 'official') == 'v1'
     if _is_detr(model):
         _check_detr(model)
-        net = cls(model.embed_dims, model.decoder.num_layers, **cfg)
+        if v1:
+            net = cls(model.embed_dims, model.decoder.num_layers, **cfg)
+        else:
+            net = cls(model.embed_dims, model.decoder.num_layers,
+                      num_encoder_layers=len(model.encoder.layers),
+                      form='detr', **cfg)
         model.add_module(cls.attr_name, net)
         model.extract_feat = functools.partial(_frozen_extract_feat, model)
         model.forward_transformer = functools.partial(
@@ -125,8 +138,12 @@ def attach_parallel(model: nn.Module, cfg: Dict) -> InjectedTuner:
     elif _is_vit_classifier(model):
         _check_vit(model)
         backbone = model.backbone
-        net = cls(backbone.embed_dims, len(backbone.layers), **cfg)
-        net.all_layers = False  # a classifier's head reads the last layer
+        if v1:
+            net = cls(backbone.embed_dims, len(backbone.layers), **cfg)
+            net.all_layers = False  # a classifier's head reads the last
+        else:  # the embeddings and every block
+            net = cls(backbone.embed_dims, len(backbone.layers) + 1,
+                      form='vit', **cfg)
         model.add_module(cls.attr_name, net)
         model.extract_feat = functools.partial(_vit_extract_feat, model)
         net.head_name = 'head'
@@ -179,10 +196,12 @@ def _detr_forward_transformer(host: nn.Module, img_feats,
     ``head_inputs['hidden_states']`` (L, B, num_queries, d) becomes
     ``h_k + U(act(g_k))`` for every k (or for the last only).
     """
+    unipt = host.unipt
+    if unipt.variant != 'v1':
+        return _detr_forward_official(host, img_feats, batch_data_samples)
     with torch.no_grad():
         head_inputs = type(host).forward_transformer(host, img_feats,
                                                      batch_data_samples)
-    unipt = host.unipt
     hidden = head_inputs['hidden_states']
     if unipt.all_layers:
         hidden = unipt.add_change(hidden, unipt(hidden))
@@ -194,10 +213,53 @@ def _detr_forward_transformer(host: nn.Module, img_feats,
     return head_inputs
 
 
+def _detr_forward_official(host: nn.Module, img_feats,
+                           batch_data_samples=None) -> Dict:
+    """Encoder + decoder without autograd, their layers' outputs and the
+    encoder's key padding mask captured; the official UniPT's hidden
+    states (decoder layers it reads rewritten) go to the heads."""
+    encoder = host.encoder
+    captured: List[torch.Tensor] = []
+    masks: List[torch.Tensor] = []
+
+    def keep_mask(module, args, kwargs):
+        masks.append(kwargs.get('key_padding_mask'))
+
+    handles = [encoder.register_forward_pre_hook(keep_mask,
+                                                 with_kwargs=True)]
+    handles += [
+        layer.register_forward_hook(lambda m, a, out: captured.append(out))
+        for layer in encoder.layers
+    ]
+    try:
+        with torch.no_grad():
+            head_inputs = type(host).forward_transformer(
+                host, img_feats, batch_data_samples)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(masks) != 1 or len(captured) != len(encoder.layers):
+        raise TunerHostError(
+            f'UniPT: expected one encoder call with {len(encoder.layers)} '
+            f'layer outputs, got {len(masks)} calls and {len(captured)} '
+            f'outputs; {type(host).__name__} runs its encoder differently '
+            f"from DETR / Deformable DETR (variant='v1' reads the decoder "
+            f'only).')
+    unipt = host.unipt
+    hidden = head_inputs['hidden_states']
+    new = unipt(captured, masks[0], hidden)
+    if unipt.recording:
+        unipt.record_change(hidden, new - hidden)
+    head_inputs['hidden_states'] = new
+    return head_inputs
+
+
 def _vit_extract_feat(host: nn.Module, inputs: torch.Tensor,
                       stage: str = 'neck'):
     """ViT backbone without autograd (layer outputs captured), the UniPT
     correction added to the last backbone output."""
+    if host.unipt.variant != 'v1':
+        return _vit_extract_feat_official(host, inputs, stage)
     backbone = host.backbone
     captured: List[torch.Tensor] = []
     handles = [
@@ -220,6 +282,73 @@ def _vit_extract_feat(host: nn.Module, inputs: torch.Tensor,
     if stage in ('backbone', 'neck'):  # no neck (checked)
         return outs
     return host.head.pre_logits(outs)
+
+
+def _vit_extract_feat_official(host: nn.Module, inputs: torch.Tensor,
+                               stage: str = 'neck'):
+    """ViT backbone without autograd (the embeddings and every block's
+    output captured); the official UniPT turns the last backbone output
+    (its anchor) into what the head reads."""
+    backbone = host.backbone
+    captured: List[torch.Tensor] = []
+    handles = [backbone.layers[0].register_forward_pre_hook(
+        lambda m, args: captured.append(args[0]))]
+    handles += [
+        layer.register_forward_hook(lambda m, a, out: captured.append(out))
+        for layer in backbone.layers
+    ]
+    try:
+        with torch.no_grad():
+            outs = backbone(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    anchor = _as_tokens(backbone, outs[-1])
+    new = host.unipt(captured, anchor,
+                     functools.partial(_align, backbone))
+    if host.unipt.recording:
+        host.unipt.record_change(anchor, new - anchor)
+    out = _from_tokens(backbone, new, outs[-1])
+    outs = tuple(outs[:-1]) + (out, )
+    assert stage in ('backbone', 'neck', 'pre_logits'), stage
+    if stage in ('backbone', 'neck'):  # no neck (checked)
+        return outs
+    return host.head.pre_logits(outs)
+
+
+def _as_tokens(backbone: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """The backbone's output as tokens (B, Na, d)."""
+    if backbone.out_type in ('cls_token', 'avg_featmap'):
+        return out.unsqueeze(1)
+    if backbone.out_type == 'featmap':  # (B, d, h, w)
+        return out.flatten(2).transpose(1, 2)
+    if backbone.out_type == 'raw':
+        return out
+    raise TunerHostError(
+        f'UniPT: unsupported ViT out_type {backbone.out_type!r}')
+
+
+def _from_tokens(backbone: nn.Module, tokens: torch.Tensor,
+                 like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_as_tokens`."""
+    if backbone.out_type in ('cls_token', 'avg_featmap'):
+        return tokens[:, 0]
+    if backbone.out_type == 'featmap':
+        return tokens.transpose(1, 2).reshape(like.shape)
+    return tokens
+
+
+def _align(backbone: nn.Module, side: torch.Tensor) -> torch.Tensor:
+    """A layer's side tokens (B, N, r) matching the anchor's tokens: the
+    class token, the patch-token mean, the patch tokens or all tokens."""
+    extra = backbone.num_extra_tokens
+    if backbone.out_type == 'cls_token':
+        return side[:, :1]
+    if backbone.out_type == 'avg_featmap':
+        return side[:, extra:].mean(dim=1, keepdim=True)
+    if backbone.out_type == 'featmap':
+        return side[:, extra:]
+    return side
 
 
 def _as_output(backbone: nn.Module, delta: torch.Tensor,

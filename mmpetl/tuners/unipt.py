@@ -1,9 +1,47 @@
 """UniPT: universal parallel tuning (Diao et al., 2023).
 
 A light network *beside* the frozen model reads the frozen model's per-layer
-outputs ``h_1..h_L`` (each ``(B, N, d)``), computed under ``torch.no_grad``,
-so autograd keeps neither a graph nor activations of the frozen network,
-and adds a correction to what the heads consume:
+outputs, computed under ``torch.no_grad`` (no graph, no activations of the
+frozen network kept by autograd), and produces what the heads consume.
+Two variants (``PETLModel(parallel=dict(type='UniPT', variant=...))``):
+
+``variant='official'`` (default): the authors' design (Paranioar/UniPT,
+MDETR for the DETR family, CLIP4Clip for ViT), width ``d_s = d/2``. With
+``mix(q, c) = (l1norm(relu(q c^T) * mask) + I) c`` (``I`` only where q and
+c are the same tokens), ``D(x) = LN(Linear(x))`` and
+``P(x) = LN(Linear(ReLU(Linear(x))))`` (d_s -> d -> d_s):
+
+* DETR family. Layers read: every other layer and the last one (the
+  official {1, 3, 5} + 6 of 6 layers; ``layers='all'``: every layer).
+  Encoder side, over the encoder tokens (multi-scale ones flattened,
+  padding masked out)::
+
+      A   = D_0(enc_last);  T_l = D_l(enc_l)
+      c_l = softmax_l(gate(mean(A) * mean(T_l)))      per image
+      S   = A + P(sum_l c_l m_l),  m_l = T_l  (encoder_mix=True: mix(A, T_l),
+                                              an N_enc x N_enc mix)
+
+  Decoder side, over the queries::
+
+      T_l = D_l(dec_l) + LN(Linear(mix(D_l(dec_l), S, mask, no I)))
+      F   = A + P(sum_l c_l mix(A, T_l)),  A = D_0(dec_last)
+      out_l = LN(Linear(ReLU(T_l))),  out_last = LN(Linear(ReLU(F)))
+
+  ``output='replace'`` (official) feeds ``out`` to the heads instead of
+  the frozen ``h``; ``output='residual'`` (mmpetl's default) feeds
+  ``h + out`` with the final LN's affine weight and bias at zero, so the
+  tuned model is exactly the frozen one at step 0 (the pretrained box
+  regression keeps working). Decoder layers not read keep ``h``.
+* ViT (CLIP4Clip): reads the embeddings and every block's output (13 for
+  12 layers); ``D(x) = Linear(ReLU(x))``; the anchor is the backbone's
+  output (class token, token mean, or tokens)::
+
+      A = D_a(anchor);  T_l = D_l(h_l)
+      m_l = mix(A, T_l, no I) + T_l[anchor's tokens];  c_l = softmax(gate)
+      out = anchor + Linear(ReLU(sum_l c_l m_l))      (Linear = 0 if
+                                                       output='residual')
+
+``variant='v1'``: mmpetl's first design, decoder hidden states only::
 
     z_l     = D_l(LN_l(h_l))                        (B, N, r)  down, per layer
     m_{k,l} = z_l + softmax(z_k z_l^T / sqrt(r)) z_l           interaction
@@ -11,31 +49,20 @@ and adds a correction to what the heads consume:
     g_k     = sum_{l <= k} a_{k,l} m_{k,l}          (B, N, r)  aggregation
     out_k   = h_k + U(act(g_k))                     (B, N, d)  up, U = 0 init
 
-``k`` is a layer whose output a head consumes. For ``k = L`` this is
-UniPT's form: the final layer's tokens query every layer (interaction), a
-per-token confidence weighs the layers (aggregation). ``U``'s weight and
-bias start at zero, so the tuned model computes exactly the frozen model's
-outputs at step 0.
+This file holds the networks alone, plain modules fed tensors. Which layers
+feed them, where their outputs go and which forwards run without autograd
+is model surgery: :mod:`mmpetl.models.parallel`.
 
-This file holds the network alone, a plain module fed ``(L, B, N, d)``
-tensors. Which layers feed it, where its corrections go and which forwards
-run without autograd is model surgery: :mod:`mmpetl.models.parallel`
-(``PETLModel(parallel=dict(type='UniPT'))``).
+Memory: the official network runs under activation checkpointing
+(``checkpoint=True``): autograd keeps the frozen features it reads (kept
+anyway) and its outputs, and recomputes the rest in backward; no
+``N_enc x N_enc`` tensor exists unless ``encoder_mix=True``.
 
-Parameters (``L`` layers read, width ``d``, bottleneck ``r``)::
+v1 parameters (``L`` layers read, width ``d``, bottleneck ``r``)::
 
-    L*(d*r + r)  +  2*L*d  +  (r + L)  +  (r*d + d)
-      down D_l      LN_l     conf w, b_l   up U
-    = (L+1)*d*r + (L+1)*r + 2*L*d + d + L     (without LN: no 2*L*d)
-
-Memory: the UniPT branch keeps the features it reads (``L*B*N*d``: its
-LayerNorms need them; their outputs are recomputed in backward rather than
-kept) and ``O(K*L*B*N*r)`` activations (``K`` outputs), nothing else of
-the frozen network; the interaction runs as
-``scaled_dot_product_attention`` over the layers ``l <= k`` of each output,
-which keeps no ``(N, N)`` attention weights for backward.
+    (L+1)*d*r + (L+1)*r + 2*L*d + d + L     (without LN: no 2*L*d)
 """
-from typing import Dict, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -46,15 +73,184 @@ from mmpetl.registry import TUNERS
 from .base import BaseTuner, TunerHostError
 from .common import build_activation, check_positive_int
 
-__all__ = ['UniPT']
+__all__ = ['UniPT', 'UniPTV1', 'UniPTDetr', 'UniPTViT', 'mix',
+           'read_layers']
+
+VARIANTS = ('official', 'v1')
+FORMS = ('detr', 'vit')
 
 
 @TUNERS.register_module()
 class UniPT(BaseTuner):
-    """UniPT's parallel network over L layers of width d.
+    """UniPT's parallel network; ``UniPT(...)`` builds the variant asked.
 
-    Built by ``PETLModel(parallel=dict(type='UniPT', bottleneck=64))``, not
-    through ``tuners``: it attaches to the whole model.
+    ``UniPT(dims, num_layers, variant='official', form='detr', ...)`` is a
+    :class:`UniPTDetr`, ``form='vit'`` a :class:`UniPTViT`,
+    ``variant='v1'`` a :class:`UniPTV1`; see those for the arguments.
+    Built by ``PETLModel(parallel=dict(type='UniPT', ...))``, not through
+    ``tuners``: it attaches to the whole model.
+    """
+
+    attr_name = 'unipt'
+    #: ``PETLModel`` builds it from ``parallel=``, beside the whole model.
+    is_parallel_network = True
+    variant = 'official'
+
+    def __new__(cls, *args, variant: str = 'official', **kwargs):
+        if cls is UniPT:
+            if variant not in VARIANTS:
+                raise ValueError(f'UniPT: variant must be one of {VARIANTS}'
+                                 f', got {variant!r}')
+            form = kwargs.get('form', 'detr')
+            if variant == 'official' and form not in FORMS:
+                raise ValueError(f'UniPT: form must be one of {FORMS}, got '
+                                 f'{form!r}')
+            v1_only = sorted({'all_layers', 'layer_norm', 'act'} & set(
+                kwargs))
+            if variant == 'official' and v1_only:
+                raise ValueError(
+                    f'UniPT: {v1_only} are arguments of the first mmpetl '
+                    f"design: pass variant='v1' with them, or drop them for "
+                    f"the official design (variant='official', the "
+                    f'default).')
+            cls = UniPTV1 if variant == 'v1' else (
+                UniPTViT if form == 'vit' else UniPTDetr)
+        return super().__new__(cls)
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def resolve_hosts(cls, name, module, **tuner_kwargs):
+        raise TunerHostError(
+            'UniPT is a parallel network beside the whole model, not a '
+            'tuner of one module: configure it with '
+            "PETLModel(parallel=dict(type='UniPT')), not in `tuners`.")
+
+    def _install(self, host: nn.Module) -> None:
+        raise TunerHostError(
+            'UniPT attaches to the whole model through '
+            "PETLModel(parallel=dict(type='UniPT', ...)), which routes the "
+            'frozen activations to it (mmpetl.models.parallel).')
+
+
+# -- the official network's pieces --------------------------------------------
+def mix(query: torch.Tensor, context: torch.Tensor,
+        mask: Optional[torch.Tensor] = None, identity: bool = True,
+        kind: str = 'relu_l1', eps: float = 1e-7) -> torch.Tensor:
+    """UniPT's interaction ``(l1norm(relu(q c^T) * mask) + I) c``.
+
+    Args:
+        query (Tensor): (B, Nq, r).
+        context (Tensor): (B, Nc, r).
+        mask (Tensor, optional): (B, Nc), 1/True for the tokens to read.
+        identity (bool): add ``c`` (needs Nq == Nc: the same tokens).
+        kind (str): ``'relu_l1'`` (official) or ``'softmax'``
+            (``softmax(q c^T / sqrt(r))``, mmpetl v1's).
+    """
+    if kind == 'softmax':
+        bias = None
+        if mask is not None:
+            bias = torch.zeros(mask.shape, dtype=query.dtype,
+                               device=query.device).masked_fill(
+                                   ~mask.bool(), float('-inf'))[:, None]
+        out = F.scaled_dot_product_attention(query, context, context,
+                                             attn_mask=bias)
+    else:
+        weights = torch.relu(query @ context.transpose(-1, -2))
+        if mask is not None:
+            weights = weights * mask[:, None].to(weights.dtype)
+        weights = weights / (weights.sum(-1, keepdim=True) + eps)
+        out = weights @ context
+    return out + context if identity else out
+
+
+def _mean(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Token mean of (B, N, r), over the tokens ``mask`` keeps."""
+    if mask is None:
+        return x.mean(dim=1)
+    w = mask.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+
+def read_layers(num_layers: int, layers: str = 'every_other') -> List[int]:
+    """0-based layers read beside the last (the anchor): every other one
+    from the first (the official {1, 3, 5} of 6, 1-based), or all."""
+    if layers == 'all':
+        return list(range(num_layers - 1))
+    if layers == 'every_other':
+        return list(range(0, num_layers - 1, 2))
+    raise ValueError(f"UniPT: layers must be 'every_other' or 'all', got "
+                     f'{layers!r}')
+
+
+def _proj(dims: int, width: int, norm: str) -> nn.Module:
+    """``D``: Linear then LN (official), or LN then Linear (v1 order)."""
+    if norm == 'after':
+        return nn.Sequential(nn.Linear(dims, width), nn.LayerNorm(width))
+    if norm == 'before':
+        return nn.Sequential(nn.LayerNorm(dims), nn.Linear(dims, width))
+    raise ValueError(f"UniPT: norm must be 'after' or 'before', got "
+                     f'{norm!r}')
+
+
+def _mlp(width: int, hidden: int, mlp: bool) -> nn.Module:
+    """``P``: Linear -> ReLU -> Linear -> LN, or nothing (``mlp=False``)."""
+    if not mlp:
+        return nn.Identity()
+    return nn.Sequential(nn.Linear(width, hidden), nn.ReLU(),
+                         nn.Linear(hidden, width), nn.LayerNorm(width))
+
+
+class _Aggregate(nn.Module):
+    """``A + P(sum_l c_l m_l)`` with per-image (or per-token) confidences
+    ``c = softmax_l(gate(mean(A) * mean(T_l)))``."""
+
+    def __init__(self, width: int, hidden: int, mlp: bool, gate: str):
+        super().__init__()
+        if gate not in ('image', 'token'):
+            raise ValueError(f"UniPT: gate must be 'image' or 'token', got "
+                             f'{gate!r}')
+        self.per_image = gate == 'image'
+        self.gate = nn.Linear(width, 1)
+        self.proj = _mlp(width, hidden, mlp)
+
+    def forward(self, anchor, targets, mixed, mask=None, residual=True):
+        if self.per_image:
+            a = _mean(anchor, mask)
+            scores = torch.cat([self.gate(a * _mean(t, mask))
+                                for t in targets], dim=1)  # (B, n)
+            weights = scores.softmax(dim=1)[:, :, None, None]
+        else:  # per token: (B, n, N, 1)
+            weights = torch.stack([self.gate(anchor * t) for t in targets],
+                                  dim=1).softmax(dim=1)
+        merged = (weights * torch.stack(mixed, dim=1)).sum(dim=1)
+        return anchor + self.proj(merged) if residual else self.proj(merged)
+
+
+def _official_args(variant, bottleneck, output, mix_kind, gate, layers):
+    """Shared checks of the official networks' arguments."""
+    if output not in ('replace', 'residual'):
+        raise ValueError(f"UniPT: output must be 'replace' or 'residual', "
+                         f'got {output!r}')
+    if mix_kind not in ('relu_l1', 'softmax'):
+        raise ValueError(f"UniPT: mix must be 'relu_l1' or 'softmax', got "
+                         f'{mix_kind!r}')
+    if bottleneck is not None:
+        check_positive_int('bottleneck', bottleneck, 'UniPT')
+
+
+def _xavier(module: nn.Module) -> None:
+    """The official init: Xavier-uniform matrices, default biases."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
+class UniPTV1(UniPT):
+    """mmpetl's first UniPT (``variant='v1'``): decoder hidden states only.
+
+    Built by ``PETLModel(parallel=dict(type='UniPT', variant='v1',
+    bottleneck=64))``, not through ``tuners``: it attaches to the whole
+    model. The formula is the module docstring's "v1" block.
 
     Args:
         dims (int): layer width d.
@@ -69,13 +265,12 @@ class UniPT(BaseTuner):
             last. Classifiers always correct the last layer only.
     """
 
-    attr_name = 'unipt'
-    #: ``PETLModel`` builds it from ``parallel=``, beside the whole model.
-    is_parallel_network = True
+    variant = 'v1'
 
     def __init__(self, dims: int, num_layers: int, bottleneck: int = 64,
                  layer_norm: bool = True, act: str = 'gelu',
-                 all_layers: bool = True) -> None:
+                 all_layers: bool = True, variant: str = 'v1',
+                 form: Optional[str] = None) -> None:
         super().__init__()
         check_positive_int('bottleneck', bottleneck, 'UniPT')
         check_positive_int('num_layers', num_layers, 'UniPT')
@@ -96,21 +291,6 @@ class UniPT(BaseTuner):
         nn.init.zeros_(self.confidence.weight)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
-
-    # -- construction -----------------------------------------------------
-    @classmethod
-    def resolve_hosts(cls, name, module, **tuner_kwargs):
-        raise TunerHostError(
-            'UniPT is a parallel network beside the whole model, not a '
-            'tuner of one module: configure it with '
-            "PETLModel(parallel=dict(type='UniPT', bottleneck=64)), not in "
-            '`tuners`.')
-
-    def _install(self, host: nn.Module) -> None:
-        raise TunerHostError(
-            'UniPT attaches to the whole model through '
-            "PETLModel(parallel=dict(type='UniPT', ...)), which routes the "
-            'frozen activations to it (mmpetl.models.parallel).')
 
     # -- the network ------------------------------------------------------
     def forward(self, feats: Union[torch.Tensor, Sequence[torch.Tensor]],
@@ -170,3 +350,244 @@ class UniPT(BaseTuner):
     def describe(self) -> Dict[str, object]:
         return dict(layers=self.num_layers, bottleneck=self.bottleneck,
                     outputs='all' if self.all_layers else 'last')
+
+
+class UniPTDetr(UniPT):
+    """The official UniPT for DETR-family detectors (MDETR's design).
+
+    Args:
+        dims (int): the transformer width d.
+        num_layers (int): decoder layers L (>= 2).
+        num_encoder_layers (int, optional): encoder layers (>= 2); L if None.
+        bottleneck (int, optional): side width d_s; d // 2 if None.
+        output (str): ``'residual'`` (default): ``h + out``, exact at init;
+            ``'replace'`` (the authors'): ``out`` instead of ``h``.
+        cross_attention (bool): the encoder side memory ``S`` and the
+            decoder layers' cross-attention to it (False: decoder only).
+        encoder_mix (bool): the encoder side mixes ``mix(A, T_l)`` over
+            all encoder tokens as the authors do (``N_enc x N_enc``
+            weights: memory grows with the square of the token count);
+            False: ``m_l = T_l``.
+        mlp (bool): the nonlinear ``P`` after aggregation and the final LN
+            (False: ``P`` = identity, final ReLU -> Linear only).
+        mix (str): ``'relu_l1'`` (official) or ``'softmax'``.
+        gate (str): ``'image'`` (official, one confidence per image and
+            layer) or ``'token'``.
+        layers (str): ``'every_other'`` (official) or ``'all'``.
+        norm (str): LayerNorm ``'after'`` (official) or ``'before'`` the
+            down-projections.
+        checkpoint (bool): recompute the network in backward (keeps only
+            its inputs and outputs for backward).
+    """
+
+    form = 'detr'
+
+    def __init__(self, dims: int, num_layers: int,
+                 num_encoder_layers: Optional[int] = None,
+                 bottleneck: Optional[int] = None, output: str = 'residual',
+                 cross_attention: bool = True, encoder_mix: bool = False,
+                 mlp: bool = True, mix: str = 'relu_l1', gate: str = 'image',
+                 layers: str = 'every_other', norm: str = 'after',
+                 checkpoint: bool = True, variant: str = 'official',
+                 form: str = 'detr') -> None:
+        super().__init__()
+        _official_args(variant, bottleneck, output, mix, gate, layers)
+        num_encoder_layers = num_encoder_layers or num_layers
+        for name, value in (('num_layers', num_layers),
+                            ('num_encoder_layers', num_encoder_layers)):
+            if value < 2:
+                raise ValueError(
+                    f'UniPT (official) reads layers beside the last one: it '
+                    f'needs {name} >= 2, got {value}. Use variant=\'v1\' '
+                    f'for a one-layer decoder.')
+        width = bottleneck or dims // 2
+        self.dims, self.num_layers, self.bottleneck = dims, num_layers, width
+        self.num_encoder_layers = num_encoder_layers
+        self.output, self.mix_kind = output, mix
+        self.cross_attention, self.encoder_mix = cross_attention, encoder_mix
+        self.use_checkpoint = checkpoint
+        self.dec_layers = read_layers(num_layers, layers)
+        self.enc_layers = read_layers(num_encoder_layers, layers)
+        n = len(self.dec_layers)
+        if cross_attention:
+            self.enc_down0 = _proj(dims, width, norm)
+            self.enc_downs = nn.ModuleList(
+                _proj(dims, width, norm) for _ in self.enc_layers)
+            self.enc_agg = _Aggregate(width, dims, mlp, gate)
+            self.crossers = nn.ModuleList(
+                nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width))
+                for _ in range(n))
+        self.dec_down0 = _proj(dims, width, norm)
+        self.dec_downs = nn.ModuleList(
+            _proj(dims, width, norm) for _ in range(n))
+        self.dec_agg = _Aggregate(width, dims, mlp, gate)
+        self.up = nn.Sequential(nn.ReLU(), nn.Linear(width, dims),
+                                nn.LayerNorm(dims) if mlp else nn.Identity())
+        _xavier(self)
+        if output == 'residual':  # h + 0 at init
+            last = self.up[-1] if mlp else self.up[1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    @property
+    def outputs(self) -> List[int]:
+        """Decoder layers whose hidden states this network rewrites."""
+        return self.dec_layers + [self.num_layers - 1]
+
+    def forward(self, enc_feats: Sequence[torch.Tensor],
+                enc_mask: Optional[torch.Tensor],
+                dec_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The hidden states for the heads.
+
+        Args:
+            enc_feats (Sequence[Tensor]): the encoder layers' outputs, each
+                (B, N, d) (multi-scale tokens flattened), no autograd.
+            enc_mask (Tensor, optional): (B, N), True for padded tokens
+                (MMDet's key padding mask); None: none padded.
+            dec_feats (Tensor | Sequence[Tensor]): the decoder layers'
+                hidden states, (L, B, Q, d).
+
+        Returns:
+            Tensor: (L, B, Q, d); the layers in :attr:`outputs` rewritten,
+            the others as given.
+        """
+        if len(dec_feats) != self.num_layers or (
+                self.cross_attention and
+                len(enc_feats) != self.num_encoder_layers):
+            raise ValueError(
+                f'UniPT was built for {self.num_encoder_layers} encoder and '
+                f'{self.num_layers} decoder layers, got '
+                f'{len(enc_feats)} and {len(dec_feats)}')
+        valid = None if enc_mask is None else ~enc_mask.bool()
+        enc_in = ([enc_feats[i] for i in self.enc_layers] +
+                  [enc_feats[-1]]) if self.cross_attention else []
+        dec_in = [dec_feats[i] for i in self.outputs]
+        args = (valid, len(enc_in), *enc_in, *dec_in)
+        if self.use_checkpoint and torch.is_grad_enabled():
+            new = checkpoint(self._side, *args, use_reentrant=False,
+                             preserve_rng_state=False)
+        else:
+            new = self._side(*args)  # (n + 1, B, Q, d)
+        rows = dict(zip(self.outputs, new.unbind(0)))
+        return torch.stack([rows.get(i, h) for i, h in enumerate(dec_feats)])
+
+    def _side(self, valid, num_enc, *feats) -> torch.Tensor:
+        enc, dec = feats[:num_enc], feats[num_enc:]
+        memory = None
+        if self.cross_attention:  # the side memory S from the encoder
+            anchor = self.enc_down0(enc[-1])
+            targets = [down(h) for down, h in zip(self.enc_downs, enc[:-1])]
+            mixed = [mix(anchor, t, valid, True, self.mix_kind)
+                     for t in targets] if self.encoder_mix else targets
+            memory = self.enc_agg(anchor, targets, mixed, valid)
+        anchor = self.dec_down0(dec[-1])
+        targets = []
+        for i, (down, h) in enumerate(zip(self.dec_downs, dec[:-1])):
+            t = down(h)
+            if memory is not None:  # each query reads the image
+                t = t + self.crossers[i](
+                    mix(t, memory, valid, False, self.mix_kind))
+            targets.append(t)
+        mixed = [mix(anchor, t, None, True, self.mix_kind) for t in targets]
+        final = self.dec_agg(anchor, targets, mixed)
+        out = self.up(torch.stack(targets + [final]))
+        if self.output == 'residual':
+            out = torch.stack(dec) + out
+        return out
+
+    def describe(self) -> Dict[str, object]:
+        return dict(variant='official', width=self.bottleneck,
+                    output=self.output, reads=f'enc {self.enc_layers}+last, '
+                    f'dec {self.dec_layers}+last')
+
+
+class UniPTViT(UniPT):
+    """The official UniPT for ViT classifiers (CLIP4Clip's design).
+
+    Args:
+        dims (int): the ViT width d.
+        num_layers (int): features read: the embeddings and every block's
+            output (13 for 12 blocks).
+        bottleneck (int, optional): side width; d // 2 if None (the
+            authors used 512 for d = 768; d / 2 keeps the rule of the DETR
+            form and a third fewer parameters: 13 per-layer projections
+            dominate the count).
+        output (str): ``'residual'`` (default): the up-projection starts
+            at zero (exact at init); ``'replace'``: the authors' default
+            init (their output adds the anchor too).
+        mix (str): as :class:`UniPTDetr`; one confidence per image.
+        checkpoint (bool): recompute the network in backward.
+    """
+
+    form = 'vit'
+
+    def __init__(self, dims: int, num_layers: int,
+                 bottleneck: Optional[int] = None, output: str = 'residual',
+                 mix: str = 'relu_l1', checkpoint: bool = True,
+                 variant: str = 'official', form: str = 'vit') -> None:
+        super().__init__()
+        _official_args(variant, bottleneck, output, mix, 'image', 'all')
+        check_positive_int('num_layers', num_layers, 'UniPT')
+        width = bottleneck or dims // 2
+        self.dims, self.num_layers, self.bottleneck = dims, num_layers, width
+        self.output, self.mix_kind = output, mix
+        self.use_checkpoint = checkpoint
+        self.anchor_down = nn.Sequential(nn.ReLU(), nn.Linear(dims, width))
+        self.downs = nn.ModuleList(
+            nn.Sequential(nn.ReLU(), nn.Linear(dims, width))
+            for _ in range(num_layers))
+        self.agg = _Aggregate(width, dims, False, 'image')
+        self.up = nn.Sequential(nn.ReLU(), nn.Linear(width, dims))
+        if output == 'residual':
+            nn.init.zeros_(self.up[1].weight)
+            nn.init.zeros_(self.up[1].bias)
+
+    def forward(self, feats: Sequence[torch.Tensor], anchor: torch.Tensor,
+                align: Callable[[torch.Tensor], torch.Tensor]
+                ) -> torch.Tensor:
+        """``anchor + Linear(ReLU(sum_l c_l m_l))``.
+
+        Args:
+            feats (Sequence[Tensor]): L features (B, N, d), no autograd.
+            anchor (Tensor): (B, Na, d), what the head reads, as tokens.
+            align (callable): a layer's side tokens (B, N, r) -> the
+                tokens matching the anchor's (B, Na, r) (its class token,
+                token mean, or patch tokens), added to each mix.
+        """
+        if len(feats) != self.num_layers:
+            raise ValueError(f'UniPT was built for {self.num_layers} '
+                             f'layers, got features of {len(feats)}')
+        fn = lambda a, *hs: self._side(a, align, hs)  # noqa: E731
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(fn, anchor, *feats, use_reentrant=False,
+                              preserve_rng_state=False)
+        return fn(anchor, *feats)
+
+    def _side(self, anchor, align, feats):
+        a = self.anchor_down(anchor)
+        targets = [down(h) for down, h in zip(self.downs, feats)]
+        mixed = [mix(a, t, None, False, self.mix_kind) + align(t)
+                 for t in targets]
+        return anchor + self.up(self.agg(a, targets, mixed, residual=False))
+
+    def describe(self) -> Dict[str, object]:
+        return dict(variant='official', width=self.bottleneck,
+                    output=self.output, layers=self.num_layers)
+
+
+def _config_args() -> tuple:
+    """Every variant's arguments: what a ``UniPT`` config may name."""
+    import inspect
+    names = []
+    for cls in (UniPTV1, UniPTDetr, UniPTViT):
+        names += [n for n in inspect.signature(cls.__init__).parameters
+                  if n not in ('self', 'dims', 'num_layers')]
+    return tuple(dict.fromkeys(names))
+
+
+UniPT.extra_config_args = _config_args()
+# Every variant shows as its config type, ``UniPT``, in reports and error
+# messages (``type(t).__name__``); ``__qualname__`` stays distinct for
+# pickling.
+for _cls in (UniPTV1, UniPTDetr, UniPTViT):
+    _cls.__name__ = 'UniPT'

@@ -11,7 +11,10 @@ from mmpetl.tuners import TunerHostError
 from tests.conftest import (SMALL_CFGS, batch_for, cls_batch,
                             small_deformable_cfg, tensor_outputs)
 
-UNIPT = dict(type='UniPT', bottleneck=16)
+UNIPT = dict(type='UniPT', variant='v1', bottleneck=16)
+#: the official design: residual (default, exact at init) and replace
+OFFICIAL = dict(type='UniPT', bottleneck=16)
+REPLACE = dict(type='UniPT', bottleneck=16, output='replace')
 CFGS = dict(SMALL_CFGS,
             deformable_refine=lambda: small_deformable_cfg(
                 with_box_refine=True))
@@ -52,9 +55,10 @@ def train_losses(model, arch):
     return loss
 
 
+@pytest.mark.parametrize('parallel', [UNIPT, OFFICIAL], ids=['v1', 'official'])
 @pytest.mark.parametrize('arch', ARCHS)
-def test_exact_at_init_keys_and_unipt_in_forward_path(arch):
-    vanilla, petl = build_pair(arch)
+def test_exact_at_init_keys_and_unipt_in_forward_path(arch, parallel):
+    vanilla, petl = build_pair(arch, parallel)
     (name, unipt), = petl.tuner_modules()
     assert name == 'unipt'
     base_keys = [k for k in petl.state_dict() if not k.startswith('unipt.')]
@@ -69,6 +73,18 @@ def test_exact_at_init_keys_and_unipt_in_forward_path(arch):
         moved = tensor_outputs(petl, base_arch(arch))
     assert any(not torch.allclose(a, b, atol=1e-4)
                for a, b in zip(moved, expected))
+
+
+def test_official_replace_feeds_the_side_output_to_the_heads():
+    """output='replace': the heads read UniPT's states, not the frozen
+    ones (the rewritten decoder layers differ, the others do not)."""
+    vanilla, petl = build_pair('detr', REPLACE)
+    assert petl.unipt.outputs == [0, 1]  # 2 decoder layers: first + last
+    with torch.no_grad():
+        base = tensor_outputs(vanilla, 'detr')[0]  # (L, B, Q, C)
+        got = tensor_outputs(petl, 'detr')[0]
+    for layer in range(2):
+        assert not torch.allclose(got[layer], base[layer], atol=1e-3)
 
 
 def frozen_modules(model, arch):
@@ -91,9 +107,12 @@ def tensors_in(obj):
     return []
 
 
+@pytest.mark.parametrize('parallel', [UNIPT, REPLACE, OFFICIAL],
+                         ids=['v1', 'replace', 'residual'])
 @pytest.mark.parametrize('arch', ARCHS)
-def test_frozen_part_runs_without_autograd_grads_reach_unipt_and_head(arch):
-    _, petl = build_pair(arch)
+def test_frozen_part_runs_without_autograd_grads_reach_unipt_and_head(
+        arch, parallel):
+    _, petl = build_pair(arch, parallel)
     petl.train()
     if arch == 'vit':  # a zero head passes no gradient to the features
         torch.nn.init.normal_(petl.head.layers.head.weight, std=0.1)
@@ -108,9 +127,14 @@ def test_frozen_part_runs_without_autograd_grads_reach_unipt_and_head(arch):
         def hook(m, args, out):
             calls.extend((name, t.requires_grad or t.grad_fn is not None)
                          for t in tensors_in(out))
-            # UniPT's input: the decoder's stacked states; the ViT layers'
-            # outputs, read as they are (its LayerNorms keep them)
-            if name != 'decoder' and not name.startswith('backbone.layers'):
+            # UniPT's input: the decoder's stacked states, the encoder
+            # layers' and ViT layers' outputs, read as they are (kept for
+            # its first layers' backward)
+            # (and the official ViT form its anchor: the backbone output)
+            read = ('decoder', 'encoder') if parallel is UNIPT or \
+                arch != 'vit' else ('backbone', )
+            if name not in read and not name.startswith(
+                    ('backbone.layers', 'encoder.layers')):
                 frozen_outs.extend(tensors_in(out))
         return hook
 
@@ -149,14 +173,28 @@ def test_frozen_part_runs_without_autograd_grads_reach_unipt_and_head(arch):
             assert p.grad is not None, name
         elif id(p) not in head_ids:
             assert p.grad is None, name
-    assert torch.count_nonzero(petl.unipt.up.weight.grad) > 0
+    moved = {n for n, p in petl.unipt.named_parameters()
+             if torch.count_nonzero(p.grad) > 0}
+    names = {n for n, _ in petl.unipt.named_parameters()}
+    if parallel is UNIPT:  # U = 0 blocks the rest at step 0
+        assert 'up.weight' in moved
+    elif parallel is REPLACE:  # every UniPT parameter learns at step 0
+        # but a softmax over layers cancels the gate's common bias, and is
+        # constant over the one layer a 2-layer DETR decoder has read
+        names -= {n for n in names if '.gate.bias' in n or (
+            '.gate.' in n and arch != 'vit')}
+        assert names <= moved, names - moved
+    else:  # residual: the zero final scale blocks the rest at step 0
+        last = 'up.1' if arch == 'vit' else 'up.2'
+        assert moved == {f'{last}.weight', f'{last}.bias'}, moved
     assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0
                for p in getattr(petl, head_of(arch)).parameters())
 
 
+@pytest.mark.parametrize('parallel', [UNIPT, OFFICIAL], ids=['v1', 'official'])
 @pytest.mark.parametrize('arch', ['detr', 'deformable_detr', 'vit'])
-def test_adamw_steps_lower_the_loss(arch):
-    _, petl = build_pair(arch, parallel=dict(UNIPT, lr_mult=2.0))
+def test_adamw_steps_lower_the_loss(arch, parallel):
+    _, petl = build_pair(arch, parallel=dict(parallel, lr_mult=2.0))
     petl.train()
     optim = PETLOptimWrapperConstructor(
         dict(optimizer=dict(type='AdamW', lr=2e-3, weight_decay=1e-4)),
@@ -167,7 +205,10 @@ def test_adamw_steps_lower_the_loss(arch):
         assert lr_of[id(p)] == pytest.approx(2e-3 * 2.0 * 1.5)
     trainable = {id(p) for p in petl.parameters() if p.requires_grad}
     assert set(lr_of) == trainable
-    down = petl.unipt.downs[0].weight.detach().clone()
+    unipt = petl.unipt
+    first = unipt.downs[0] if parallel is UNIPT else (
+        unipt.downs[0][1] if arch == 'vit' else unipt.dec_downs[0][0])
+    down = first.weight.detach().clone()
     losses = []
     for _ in range(6):
         loss = train_losses(petl, arch)
@@ -175,7 +216,7 @@ def test_adamw_steps_lower_the_loss(arch):
         losses.append(loss.item())
     assert losses[-1] < losses[0], losses
     # once U moved, the gradient reaches the rest of UniPT
-    assert not torch.equal(petl.unipt.downs[0].weight, down)
+    assert not torch.equal(first.weight, down)
 
 
 def test_parameter_count_and_report():

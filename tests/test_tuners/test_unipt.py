@@ -38,7 +38,7 @@ def manual(unipt, h, k):
 
 
 def test_zero_at_init_and_shapes():
-    unipt = UniPT(D, L, bottleneck=R)
+    unipt = UniPT(D, L, variant='v1', bottleneck=R)
     h = feats()
     out = unipt(h)
     assert out.shape == (L, B, N, D)
@@ -48,7 +48,8 @@ def test_zero_at_init_and_shapes():
 
 @pytest.mark.parametrize('layer_norm', [True, False])
 def test_formula(layer_norm):
-    unipt = perturbed(UniPT(D, L, bottleneck=R, layer_norm=layer_norm))
+    unipt = perturbed(UniPT(D, L, variant='v1', bottleneck=R,
+                            layer_norm=layer_norm))
     h = feats()
     out = unipt(h)
     for k in range(L):
@@ -57,7 +58,7 @@ def test_formula(layer_norm):
 
 
 def test_output_k_reads_only_layers_up_to_k():
-    unipt = perturbed(UniPT(D, L, bottleneck=R))
+    unipt = perturbed(UniPT(D, L, variant='v1', bottleneck=R))
     h = feats()
     moved = h.clone()
     moved[2] = feats(seed=1)[2]
@@ -68,14 +69,14 @@ def test_output_k_reads_only_layers_up_to_k():
 
 @pytest.mark.parametrize('layer_norm', [True, False])
 def test_parameter_count_closed_form(layer_norm):
-    unipt = UniPT(D, L, bottleneck=R, layer_norm=layer_norm)
+    unipt = UniPT(D, L, variant='v1', bottleneck=R, layer_norm=layer_norm)
     expected = (L + 1) * D * R + (L + 1) * R + D + L
     expected += 2 * L * D if layer_norm else 0
     assert unipt.num_train_params() == expected
 
 
 def test_gradients_at_init_reach_up_only_and_never_the_features():
-    unipt = UniPT(D, L, bottleneck=R)
+    unipt = UniPT(D, L, variant='v1', bottleneck=R)
     h = feats()  # detached, as the frozen model's outputs are
     unipt(h).square().add(unipt(h)).sum().backward()
     assert h.grad is None
@@ -88,15 +89,15 @@ def test_gradients_at_init_reach_up_only_and_never_the_features():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match='bottleneck'):
-        UniPT(D, L, bottleneck=0)
+        UniPT(D, L, variant='v1', bottleneck=0)
     with pytest.raises(ValueError, match='act'):
-        UniPT(D, L, act='tanh')
+        UniPT(D, L, variant='v1', act='tanh')
     with pytest.raises(ValueError, match='built for 3 layers'):
-        UniPT(D, L)(torch.zeros(2, B, N, D))
+        UniPT(D, L, variant='v1')(torch.zeros(2, B, N, D))
     with pytest.raises(TunerHostError, match='parallel=dict'):
         UniPT.resolve_hosts('encoder', nn.Linear(D, D))
     with pytest.raises(TunerHostError, match='routes the frozen'):
-        UniPT(D, L).attach(nn.Linear(D, D))
+        UniPT(D, L, variant='v1').attach(nn.Linear(D, D))
 
 
 def test_keeps_no_token_by_token_attention_for_backward():
@@ -104,7 +105,7 @@ def test_keeps_no_token_by_token_attention_for_backward():
     size N x N (per layer pair) is saved for backward, and the result is
     the formula's (test_formula)."""
     n, layers = 64, 3
-    unipt = perturbed(UniPT(D, layers, bottleneck=R))
+    unipt = perturbed(UniPT(D, layers, variant='v1', bottleneck=R))
     h = torch.randn(layers, 1, n, D)
     sizes = []
 
@@ -122,7 +123,7 @@ def test_keeps_no_token_by_token_attention_for_backward():
 def test_a_list_of_layer_outputs_is_read_like_the_stacked_tensor():
     """The ViT surgery passes the captured layer outputs as they are (a
     stacked copy would double the frozen features kept for backward)."""
-    unipt = perturbed(UniPT(D, L, bottleneck=R))
+    unipt = perturbed(UniPT(D, L, variant='v1', bottleneck=R))
     h = feats()
     torch.testing.assert_close(unipt(list(h), [L - 1]), unipt(h, [L - 1]),
                                atol=0, rtol=0)

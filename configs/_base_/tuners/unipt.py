@@ -1,8 +1,12 @@
-# UniPT (Diao et al.): a parallel network beside the whole frozen model. It
-# reads the decoder's per-layer hidden states (DETR family) or the ViT
-# layers' outputs, computed without autograd, and adds a zero-initialised
-# correction to what the heads consume. It is not a per-module tuner: pass
-# it as `parallel`, next to an empty `tuners` list:
+# UniPT (Diao et al.), the authors' design (mmpetl.tuners.unipt): a network
+# beside the whole frozen model, width d/2. DETR family: it reads every other
+# encoder and decoder layer plus the last ({1, 3, 5} + 6 of 6 layers),
+# computed without autograd, builds a side memory from the encoder tokens
+# (padding masked out), lets each decoder layer's side features read it,
+# and rewrites those decoder layers' hidden states. ViT: it reads the
+# embeddings and every block; the final class token attends over them.
+# It is not a per-module tuner: pass it as `parallel`, next to an empty
+# `tuners` list:
 #
 #   _base_ = ['../_base_/archs/detr_r50_coco.py', '../_base_/tuners/unipt.py']
 #   model = dict(tuners=_base_.tuners, parallel=_base_.parallel,
@@ -11,8 +15,16 @@
 # Only UniPT and the heads can train: everything before the heads runs in
 # torch.no_grad, so PETLModel refuses any other trainable part (keep
 # `extra_trainable` empty) and other tuners.
-# bottleneck r = d / 4 (64 for DETR's d = 256): 118,470 parameters for 6
-# decoder layers, (L+1)*d*r + (L+1)*r + 2*L*d + d + L.
+#
+# output='residual' feeds the heads h + out with out = 0 at init (the
+# pretrained heads see the frozen model's states at step 0); the authors'
+# output='replace' feeds out alone. variant='v1' is mmpetl's first design
+# (decoder states only, bottleneck r): dict(type='UniPT', variant='v1',
+# bottleneck=64, all_layers=True).
+#
+# Learning rate: the authors train the side network at 10x the heads' lr
+# (5e-4 vs 5e-5). The DETR-family archs give tuners 5x (tuner_lr_mult=5.0),
+# so lr_mult=2.0 makes 10x; the ViT config sets its own (lr_mult=10.0).
 tuners = []
-parallel = dict(type='UniPT', bottleneck=64, all_layers=True)
+parallel = dict(type='UniPT', output='residual', lr_mult=2.0)
 extra_trainable = []

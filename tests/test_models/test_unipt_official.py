@@ -1,0 +1,245 @@
+"""The official UniPT design (variant='official'): the network on plain
+tensors and beside small DETR, Deformable DETR and ViT models."""
+import pytest
+import torch
+
+from mmpetl.checkpoints import load_tuner_checkpoint, save_tuner_checkpoint
+from mmpetl.models import PETLModel, build_inner_model
+from mmpetl.tuners import TunerHostError, UniPT
+from mmpetl.tuners.unipt import UniPTDetr, UniPTViT, mix, read_layers
+from tests.conftest import (SMALL_CFGS, cls_batch, det_batch,
+                            small_deformable_cfg, tensor_outputs)
+
+D, B, N, Q = 32, 2, 12, 5
+
+
+def enc_dec(seed=0, layers=6, tokens=N):
+    gen = torch.Generator().manual_seed(seed)
+    enc = [torch.randn(B, tokens, D, generator=gen) for _ in range(layers)]
+    dec = torch.randn(layers, B, Q, D, generator=gen)
+    mask = torch.zeros(B, tokens, dtype=torch.bool)
+    mask[1, 8:] = True  # image 1: its last 4 tokens are padding
+    return enc, mask, dec
+
+
+def perturbed(net, std=0.3):
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, std)
+    return net
+
+
+def test_layers_read_generalise_the_official_choice():
+    assert read_layers(6) == [0, 2, 4]  # the authors' {1, 3, 5}, 1-based
+    assert read_layers(2) == [0]
+    assert read_layers(12) == [0, 2, 4, 6, 8, 10]
+    assert read_layers(4, 'all') == [0, 1, 2]
+    net = UniPT(D, 6)
+    assert isinstance(net, UniPTDetr) and net.outputs == [0, 2, 4, 5]
+    assert net.bottleneck == D // 2  # width d/2
+    assert isinstance(UniPT(D, 13, form='vit'), UniPTViT)
+
+
+def test_mix_formula():
+    gen = torch.Generator().manual_seed(0)
+    q, c = torch.randn(B, 3, 4, generator=gen), torch.randn(B, 6, 4,
+                                                             generator=gen)
+    keep = torch.ones(B, 6, dtype=torch.bool)
+    keep[0, 4:] = False
+    w = torch.relu(q @ c.transpose(1, 2)) * keep[:, None]
+    expected = (w / (w.sum(-1, keepdim=True) + 1e-7)) @ c
+    torch.testing.assert_close(mix(q, c, keep, identity=False), expected)
+    same = mix(c, c, keep)  # identity: + c
+    w = torch.relu(c @ c.transpose(1, 2)) * keep[:, None]
+    torch.testing.assert_close(same, (w / (w.sum(-1, keepdim=True) + 1e-7))
+                               @ c + c)
+
+
+@pytest.mark.parametrize('output', ['residual', 'replace'])
+def test_detr_network_shapes_init_and_gradients(output):
+    enc, mask, dec = enc_dec()
+    net = UniPT(D, 6, output=output)
+    out = net(enc, mask, dec)
+    assert out.shape == dec.shape
+    for layer in (1, 3):  # not read: the frozen states as they are
+        torch.testing.assert_close(out[layer], dec[layer], atol=0, rtol=0)
+    if output == 'residual':  # exact at init
+        torch.testing.assert_close(out, dec, atol=0, rtol=0)
+    else:
+        assert not torch.allclose(out[5], dec[5], atol=1e-2)
+        out.square().sum().backward()  # every parameter learns at step 0
+        dead = [n for n, p in net.named_parameters()
+                if p.grad is None or p.grad.abs().max() < 1e-6]
+        # the gate's bias is common to every layer's score: the softmax
+        # over the layers cancels it (so in the authors' code too)
+        assert dead == ['enc_agg.gate.bias', 'dec_agg.gate.bias']
+
+
+@pytest.mark.parametrize('encoder_mix', [False, True])
+def test_padded_encoder_tokens_are_never_read(encoder_mix):
+    enc, mask, dec = enc_dec()
+    net = perturbed(UniPT(D, 6, output='replace', encoder_mix=encoder_mix))
+    moved = [h.clone() for h in enc]
+    for h in moved:
+        h[1, 8:] = 100.0 * torch.randn(4, D)
+    a, b = net(enc, mask, dec), net(moved, mask, dec)
+    torch.testing.assert_close(a, b)
+    moved[0][1, 2] += 5.0  # a real token does count
+    assert not torch.allclose(net(moved, mask, dec)[:, 1], a[:, 1])
+
+
+def test_queries_read_the_image_through_the_side_memory():
+    enc, mask, dec = enc_dec()
+    net = perturbed(UniPT(D, 6, output='replace'))
+    moved = [h + 0.5 for h in enc]
+    assert not torch.allclose(net(moved, mask, dec), net(enc, mask, dec))
+    blind = perturbed(UniPT(D, 6, output='replace', cross_attention=False))
+    torch.testing.assert_close(blind(moved, mask, dec), blind(enc, mask,
+                                                              dec))
+
+
+def test_checkpointing_changes_nothing_but_memory():
+    enc, mask, dec = enc_dec()
+    net = perturbed(UniPT(D, 6, output='replace'))
+    grads = []
+    for flag in (True, False):
+        net.use_checkpoint = flag
+        net.zero_grad()
+        out = net(enc, mask, dec)
+        out.square().sum().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def saved_bytes(fn):
+    """Bytes of the distinct storages autograd saves while ``fn`` runs
+    (parameters excluded) and their data pointers."""
+    storages = {}
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter):
+            s = t.untyped_storage()
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    return result, storages
+
+
+@pytest.mark.parametrize('use_checkpoint', [True, False])
+def test_what_autograd_keeps_stays_bounded(use_checkpoint):
+    """Beside the frozen features it reads, the checkpointed network keeps
+    only its input mask and output for backward, nothing of the size of
+    its internal activations (several per encoder token)."""
+    enc, mask, dec = enc_dec(tokens=256)
+    net = UniPT(D, 6, output='replace', checkpoint=use_checkpoint)
+    net.train()
+    out, storages = saved_bytes(lambda: net(enc, mask, dec))
+    feats = {h.untyped_storage().data_ptr() for h in enc}
+    feats.add(dec.untyped_storage().data_ptr())
+    extra = sum(v for k, v in storages.items() if k not in feats)
+    bound = mask.numel() + 4 * dec.numel() * 4  # mask + a few outputs
+    if use_checkpoint:
+        assert extra <= bound, (extra, bound)
+    else:  # the test can tell: without checkpointing it keeps far more
+        assert extra > 4 * bound
+    out.sum().backward()
+
+
+def build(arch, parallel, **kwargs):
+    cfg = SMALL_CFGS[arch]() if arch in SMALL_CFGS else arch
+    torch.manual_seed(0)
+    vanilla = build_inner_model(cfg)
+    vanilla.init_weights()
+    kwargs.setdefault('trainable', ['head' if 'vit' in str(arch)
+                                    else 'bbox_head'])
+    petl = PETLModel(model=cfg, parallel=parallel, **kwargs)
+    petl.load_state_dict(vanilla.state_dict(), strict=False)
+    return petl.eval()
+
+
+def test_deformable_reads_every_encoder_layer_and_its_multiscale_mask():
+    petl = build('deformable_detr', dict(type='UniPT', output='replace'))
+    seen = {}
+    forward = petl.unipt.forward
+
+    def spy(enc, mask, dec):
+        seen.update(enc=enc, mask=mask, dec=dec)
+        return forward(enc, mask, dec)
+
+    petl.unipt.forward = spy
+    inputs, samples = det_batch()
+    samples[1].set_metainfo(dict(img_shape=(40, 64)))  # bottom rows padded
+    with torch.no_grad():
+        petl(inputs, samples, mode='tensor')
+    assert len(seen['enc']) == 2 and seen['dec'].shape[0] == 2
+    tokens = seen['enc'][0].shape[1]
+    # 64x64 input, strides 8..64: the four levels flattened
+    assert tokens == 8 * 8 + 4 * 4 + 2 * 2 + 1 * 1
+    assert seen['mask'].shape == (2, tokens)
+    assert not seen['mask'][0].any() and seen['mask'][1].any()
+    assert all(h.grad_fn is None and not h.requires_grad
+               for h in seen['enc'])
+
+
+def test_vit_reads_embeddings_and_every_block():
+    petl = build('vit', dict(type='UniPT'))
+    assert petl.unipt.num_layers == 3  # embeddings + 2 blocks
+    assert petl.unipt.bottleneck == 32  # d / 2
+    seen = {}
+    forward = petl.unipt.forward
+
+    def spy(feats, anchor, align):
+        seen.update(feats=feats, anchor=anchor)
+        return forward(feats, anchor, align)
+
+    petl.unipt.forward = spy
+    inputs, _ = cls_batch()
+    with torch.no_grad():
+        petl.extract_feat(inputs)
+    assert len(seen['feats']) == 3
+    assert seen['anchor'].shape == (4, 1, 64)  # the class token
+    embeddings = seen['feats'][0]
+    block0 = petl.backbone.layers[0]
+    with torch.no_grad():
+        torch.testing.assert_close(block0(embeddings), seen['feats'][1])
+
+
+@pytest.mark.parametrize('arch', ['detr', 'vit'])
+def test_tuner_checkpoint_round_trip(arch, tmp_path):
+    parallel = dict(type='UniPT', output='replace', lr_mult=2.0)
+    petl = build(arch, parallel)
+    perturbed(petl.unipt, 0.1)
+    path = str(tmp_path / 'tuner.pth')
+    save_tuner_checkpoint(petl, path)
+    ckpt = load_tuner_checkpoint(path)
+    assert any(k.startswith('unipt.') for k in ckpt['state_dict'])
+    fresh = build(arch, parallel)
+    fresh.load_state_dict(ckpt['state_dict'], strict=False)
+    with torch.no_grad():
+        for a, b in zip(tensor_outputs(fresh, arch),
+                        tensor_outputs(petl, arch)):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+        other = tensor_outputs(build(arch, parallel), arch)
+    assert not torch.allclose(other[0], tensor_outputs(petl, arch)[0])
+
+
+def test_refusals():
+    with pytest.raises(ValueError, match="variant='v1'"):
+        UniPT(D, 6, all_layers=True)
+    with pytest.raises(ValueError, match='num_layers >= 2'):
+        UniPT(D, 1)
+    with pytest.raises(ValueError, match="output must be 'replace' or"):
+        UniPT(D, 6, output='add')
+    with pytest.raises(ValueError, match='variant must be one of'):
+        UniPT(D, 6, variant='v2')
+    with pytest.raises(TunerHostError, match='two-stage'):
+        PETLModel(model=small_deformable_cfg(with_box_refine=True,
+                                             as_two_stage=True),
+                  parallel=dict(type='UniPT'))
+    cfg = SMALL_CFGS['vit']()
+    cfg['neck'] = dict(type='GlobalAveragePooling')
+    with pytest.raises(TunerHostError, match='with a neck'):
+        PETLModel(model=cfg, parallel=dict(type='UniPT'), trainable=['head'])
