@@ -20,7 +20,13 @@ from mmpetl.utils import unwrap_model
 
 __all__ = ['TunerProbe', 'STAT_KEYS']
 
-STAT_KEYS = ('scale', 'share', 'contribution', 'update_ratio')
+#: what the health hook's summary line averages per tuner type (a key only
+#: where a tuner records it): the prefix forms' second scale and logit
+#: change (reweight), the deformable steering's scale, offset change,
+#: attention-weight change and contribution (steer)
+STAT_KEYS = ('scale', 'share', 'contribution', 'update_ratio', 'scale_v',
+             'logit_change', 'steer_scale', 'steer_offset_rms',
+             'steer_weight_tv', 'steer_contribution')
 
 
 def _norm(tensors) -> float:

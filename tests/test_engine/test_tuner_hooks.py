@@ -155,3 +155,29 @@ def test_init_hook_broadcasts_every_prefix_tensor_of_the_form(
     assert len(expected) == 4  # 2 decoder layers x (P_k, P_q)
     assert sorted(t.data_ptr() for t in sent) == sorted(
         t.data_ptr() for t in expected)
+
+
+def test_health_summary_reports_the_new_forms_statistics(tmp_path):
+    """The steering and re-weighting prefixes' own statistics reach the
+    summary line and the scalars (averaged per tuner type), and are
+    non-zero once training moved the prefixes."""
+    tuners = [dict(type='ScaledPrefix', presets=['encoder_self_attn'],
+                   num_prefix=4, form='steer+parallel'),
+              dict(type='ScaledPrefix', presets=['decoder_self_attn'],
+                   num_prefix=4, form='reweight+parallel')]
+    runner = health_runner(tmp_path, tuners, 'forms')
+    runner.train()
+    log = read_log(tmp_path / 'forms')
+    line = [s for s in log.splitlines()
+            if 'tuner health at iteration 4' in s][0]
+    for key in ('steer_offset_rms', 'steer_weight_tv', 'steer_scale',
+                'logit_change', 'scale_v'):
+        assert f'{key} ' in line, key
+    scalars = [json_line for json_line in open(next(
+        (tmp_path / 'forms').glob('*/vis_data/scalars.json'))).read(
+        ).splitlines() if 'tuner/DeformablePrefix/steer_weight_tv' in
+        json_line]
+    import json
+    last = json.loads(scalars[-1])
+    assert last['tuner/DeformablePrefix/steer_weight_tv'] > 0
+    assert last['tuner/ScaledPrefix/logit_change'] > 0
