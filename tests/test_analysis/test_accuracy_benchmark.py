@@ -16,7 +16,7 @@ import accuracy_benchmark as bench  # noqa: E402
 def _run(method, seed, m):
     return dict(method=method, seed=seed, bbox_mAP=m, bbox_AP50=2 * m,
                 trainable_pct=5.0, trainable=10, stored='tuner',
-                checkpoint_mib=1.0, minutes=2.0)
+                checkpoint_mib=1.0, minutes=2.0, size='b=12, l=50')
 
 
 def test_summary_reports_seeds_mean_spread_and_delta_to_full_ft():
@@ -32,17 +32,30 @@ def test_summary_reports_seeds_mean_spread_and_delta_to_full_ft():
     assert by['etta']['delta_vs_full'] == pytest.approx(0.01)
     text = bench.markdown(rows, dict(date='d', machine='m', command='c',
                                      base='b', setting='s', seeds='0 1'))
-    assert '| etta | 10 | 5.00% | tuner 1.00 MiB | 0.290 | 0.014 | ' \
-        '0.280–0.300 | +1.0 pt |' in text
+    assert by['etta']['map_per_pct'] == pytest.approx(0.29 / 5.0)
+    assert '| etta | b=12, l=50 | 10 | 5.00% | tuner 1.00 MiB | 0.290 | ' \
+        '0.014 | 0.280–0.300 | +1.0 pt | 0.0580 | 0.580 |' in text
 
 
 def test_every_method_builds_on_the_demo_model():
-    """Each entry of METHODS is a valid PETL config on the demo detector
-    (a typo would only show after an hour of benchmark otherwise)."""
+    """Each entry of BUDGET_METHODS (knobs at a small size) and of the
+    fixed-size METHODS is a valid PETL config on the demo detector (a typo
+    would only show after an hour of benchmark otherwise)."""
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
+
+    from mmpetl.injection.budget import fill_spec, spec_knobs
     init_default_scope('mmdet')
-    for method, (config, overrides) in bench.METHODS.items():
+    heads = list(Config.fromfile(ROOT / 'configs/demo' /
+                                 bench.ET_CONFIG).model.trainable)
+    budget = {
+        f'budget:{m}': (config, fill_spec(spec, {k: 4 for k in spec_knobs(
+            spec)}, heads)) for m, (config, spec) in
+        bench.BUDGET_METHODS.items()}
+    assert {'etta-joint', 'etta-steer', 'etta-reweight', 'unipt'} <= set(
+        bench.BUDGET_METHODS)
+    for method, (config, overrides) in list(bench.METHODS.items()) + list(
+            budget.items()):
         cfg = Config.fromfile(ROOT / 'configs' / 'demo' / config)
         if overrides:
             cfg.merge_from_dict({f'model.{k}': v
@@ -51,7 +64,7 @@ def test_every_method_builds_on_the_demo_model():
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters()
                         if p.requires_grad)
-        if method == 'full-ft':
+        if method.endswith('full-ft'):
             assert trainable > 0.5 * total
         else:
             assert 0 < trainable < 0.1 * total, method
@@ -85,13 +98,25 @@ def test_accuracy_benchmark_end_to_end(tmp_path):
             '--methods', 'heads-only', 'lora', '--seeds', '0', '--iters', '1',
             '--data-root', f'{data}/', '--demo-work-dir',
             str(tmp_path / 'demo'), '--work-dir', str(tmp_path / 'work'),
-            '--out-dir', str(out), '--reuse']
+            '--out-dir', str(out), '--reuse', '--budget', '5']
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads((out / 'accuracy_transfer.json').read_text())
     rows = {r['method']: r for r in result['rows']}
     assert set(rows) == {'heads-only', 'lora'}
     assert rows['lora']['trainable'] > rows['heads-only']['trainable']
+    # budget-matched: LoRA's rank sized for 5% of the run's own model
+    run = next(r for r in result['runs'] if r['method'] == 'lora')
+    rank = run['knobs']['r']
+    assert run['size'] == rows['lora']['size'] == f'r={rank}'
+    assert run['budget'] == 5.0 and 4.7 < run['trainable_pct'] < 5.3
+    assert run['overrides']['tuners'][0]['rank'] == rank
+    assert result['header']['sizes']['lora']['knobs'] == {'r': rank}
+    assert rows['lora']['map_per_pct'] == pytest.approx(
+        rows['lora']['mean'] / rows['lora']['trainable_pct'])
+    table = (out / 'accuracy_transfer.md').read_text()
+    assert '| size |' in table and '| mAP per trainable % |' in table
+    assert f'| lora | r={rank} |' in table
     assert rows['lora']['stored'] == 'tuner'
     assert all(r['seeds'] == [0] for r in rows.values())
     assert result['runs'][0]['iters'] == 1
@@ -106,3 +131,24 @@ def test_accuracy_benchmark_end_to_end(tmp_path):
     again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count('reusing the finished run') == 2
+    # ... but not at another budget or size (bench.reusable below)
+    assert bench.reusable(json.loads(
+        (tmp_path / 'work' / 'runs.json').read_text()), result['runs'][0][
+            'base'], 1, 5.0, {'lora': f'r={rank}'}).keys() == {('lora', 0)}
+
+
+def test_runs_are_reused_only_at_the_same_budget_and_size():
+    runs = [dict(method='lora', seed=0, base='b.pth', iters_asked=None,
+                 budget=5.0, size='r=19'),
+            dict(method='heads-only', seed=0, base='b.pth',
+                 iters_asked=None, budget=5.0, size='–'),
+            dict(method='lora', seed=1, base='b.pth', iters_asked=None,
+                 size='r=16')]  # before budgets: never reused
+    sizes = {'lora': 'r=19', 'heads-only': '–'}
+    assert bench.reusable(runs, 'b.pth', None, 5.0, sizes).keys() == {
+        ('lora', 0), ('heads-only', 0)}
+    assert bench.reusable(runs, 'b.pth', None, 3.0, sizes) == {}
+    assert bench.reusable(runs, 'b.pth', None, 5.0, dict(
+        sizes, lora='r=20')).keys() == {('heads-only', 0)}
+    assert bench.reusable(runs, 'c.pth', None, 5.0, sizes) == {}
+    assert bench.reusable(runs, 'b.pth', 2, 5.0, sizes) == {}

@@ -1,9 +1,17 @@
-"""The ETTA budget planner's counts are exact and follow ETTA's rule."""
+"""The budget planners: ETTA's (b, l) by formula, and every method's knob
+by exact counting of built models; the plan_budget CLI."""
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from mmpetl.injection.budget import plan
+from mmpetl.injection.budget import (PlanError, fill_spec, method_specs,
+                                     plan, plan_method)
 from mmpetl.models import PETLModel, build_inner_model
 from tests.conftest import small_deformable_cfg, small_family_cfg
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_plan_counts_equal_built_models():
@@ -55,3 +63,160 @@ def test_plan_counts_the_detr_family_exactly(config, ffn, attn):
     total = sum(p.numel() for p in petl.parameters())
     assert (trainable, total) == (a.trainable, a.total)
     assert a.pct <= 30
+
+
+# -- the general planner: every method at one budget, by exact counting -----
+DEMO_ET = ROOT / 'configs/demo/et-deformable-detr_mnv2_demo-target.py'
+
+
+def _demo():
+    """The accuracy benchmark's detector (d = 128) and its heads."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(DEMO_ET)
+    return cfg.model.model.to_dict(), list(cfg.model.trainable)
+
+
+def _vit():
+    """The ViT benchmark's model (d = 96, 4 layers)."""
+    sys.path.insert(0, str(ROOT / 'tools' / 'analysis_tools'))
+    import vit_accuracy_benchmark as vit
+    return vit.vit_cfg(), list(vit.HEADS)
+
+
+def _fresh(model_cfg, args):
+    """(trainable, total) of a model built here, not by the planner."""
+    if args is None:
+        model = build_inner_model(model_cfg)
+    else:
+        model = PETLModel(model=model_cfg, **args)
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad),
+            sum(p.numel() for p in model.parameters()))
+
+
+def _pct(counts):
+    return 100.0 * counts[0] / counts[1]
+
+
+@pytest.mark.parametrize('arch,method,target', [
+    ('deformable_detr', 'lora', 5), ('deformable_detr', 'prefix', 5),
+    ('deformable_detr', 'etta', 5), ('deformable_detr', 'etta-steer', 5),
+    ('deformable_detr', 'unipt', 5), ('vit', 'vpt-deep', 5),
+    ('vit', 'etta-reweight', 5), ('vit', 'adapter', 3)])
+def test_planned_knob_is_closest_and_neighbours_bracket_the_target(
+        arch, method, target):
+    """The chosen knob value's % is the closest to the target of its
+    neighbours, which straddle the target; every count is the one of a
+    model built here from the plan's own PETLModel arguments."""
+    model_cfg, heads = _demo() if arch != 'vit' else _vit()
+    spec = method_specs(arch)[method]
+    p = plan_method(model_cfg, spec, target, heads, method)
+    assert _fresh(model_cfg, p.args) == (p.trainable, p.total)
+    assert p.args['trainable'] == heads + list(spec.get('extra_trainable',
+                                                        []))
+    name = 'b' if set(p.knobs) == {'b', 'l'} else next(iter(p.knobs))
+    k = p.knobs[name]
+    below = _pct(_fresh(model_cfg, fill_spec(
+        spec, dict(p.knobs, **{name: k - 1}), heads)))
+    above = _pct(_fresh(model_cfg, fill_spec(
+        spec, dict(p.knobs, **{name: k + 1}), heads)))
+    assert below < p.pct < above  # monotone
+    assert below <= target <= above
+    assert abs(p.pct - target) <= min(target - below, above - target)
+    lo, p_lo, hi, p_hi = p.bracket
+    assert hi == lo + 1 and p_lo < target <= p_hi and k in (lo, hi)
+    assert p.builds <= 10  # interpolation, not a walk over the knob
+
+
+def test_etta_rule_largest_prefix_that_leaves_the_adapters_room():
+    """ETTA's l: the largest of the choices whose smallest allocation fits
+    (l = 50 at 5% on the demo detector, l = 16 on the d = 96 ViT, whose
+    l = 32 prefixes alone are > 5%)."""
+    for (model_cfg, heads), arch, l in ((_demo(), 'deformable_detr', 50),
+                                        (_vit(), 'vit', 16)):
+        p = plan_method(model_cfg, method_specs(arch)['etta'], 5, heads,
+                        'etta')
+        assert p.knobs['l'] == l
+        if l < 50:  # the next larger l does not fit with b = 8
+            bigger = fill_spec(method_specs(arch)['etta'],
+                               dict(b=8, l=32), heads)
+            assert _pct(_fresh(model_cfg, bigger)) > 5
+
+
+def test_methods_without_knob_report_their_share():
+    model_cfg, heads = _vit()
+    specs = method_specs('vit')
+    full = plan_method(model_cfg, specs['full-ft'], 5, heads, 'full-ft')
+    assert full.knobs == {} and full.pct == 100.0 and full.args is None
+    bitfit = plan_method(model_cfg, specs['bitfit'], 5, heads, 'bitfit')
+    heads_only = plan_method(model_cfg, specs['heads-only'], 5, heads)
+    assert bitfit.size == '–' and bitfit.bracket is None
+    assert 0 < heads_only.trainable < bitfit.trainable
+    assert _fresh(model_cfg, bitfit.args) == (bitfit.trainable, bitfit.total)
+
+
+def test_closest_search_on_a_curved_monotone_count():
+    """The interpolation search assumes only monotonicity: on a concave
+    curve it still returns the brute-force closest value."""
+    from mmpetl.injection.budget import _closest
+    calls = []
+
+    def pct(k):
+        calls.append(k)
+        return 100 * (k / 4000) ** 0.5
+
+    for target in (2.0, 3.3, 10.0, 31.6, 49.99, 100.0):
+        calls.clear()
+        k, bracket = _closest(pct, target, 1, 4000)
+        assert len(set(calls)) <= 30  # not a walk over the 4000 values
+        best = min(range(1, 4001), key=lambda v: (abs(pct(v) - target), v))
+        assert k == best, target
+        lo, _, hi, _ = bracket
+        assert pct(lo) < target <= pct(hi) and hi == lo + 1
+
+
+def test_plan_errors_name_the_method_and_the_problem():
+    model_cfg, heads = _vit()
+    bad = dict(tuners=[dict(type='ScaledPrefix', presets=['attn'],
+                            num_prefix='{l}', form='no-such-form')])
+    with pytest.raises(PlanError, match=r"^odd: building it with l=1 "
+                       r"failed: .*unknown form='no-such-form'"):
+        plan_method(model_cfg, bad, 5, heads, 'odd')
+    vpt = method_specs('vit')['vpt-shallow']
+    with pytest.raises(PlanError, match=r'vpt: .*out of reach'):
+        plan_method(model_cfg, vpt, 99.5, heads, 'vpt', max_value=64)
+    with pytest.raises(ValueError, match='unknown knob placeholder'):
+        plan_method(model_cfg, dict(tuners=[dict(type='LoRA', rank='{x}')]),
+                    5, heads)
+    with pytest.raises(ValueError, match=r'a % in \(0, 100\)'):
+        plan_method(model_cfg, vpt, 0, heads)
+    # a budget below the smallest value: that value, said so
+    p = plan_method(model_cfg, vpt, 0.11, heads, 'vpt')
+    assert p.knobs == {'p': 1} and p.bracket is None
+    assert 'exceeds the target' in p.note
+
+
+def test_plan_budget_cli_sizes_methods(tmp_path):
+    tool = ROOT / 'tools' / 'misc' / 'plan_budget.py'
+    proc = subprocess.run(
+        [sys.executable, str(tool), str(DEMO_ET), '--methods', 'lora',
+         'etta', 'bitfit', '--targets', '5'],
+        capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()
+            if line.split() and line.split()[0] in ('lora', 'etta',
+                                                      'bitfit')}
+    # the printed rank and % are those of a model built here
+    model_cfg, heads = _demo()
+    rank = int(rows['lora'][2].split('=')[1])
+    built = _fresh(model_cfg, fill_spec(
+        method_specs('deformable_detr')['lora'], dict(r=rank), heads))
+    assert rows['lora'][3:5] == [f'{built[0]:,}', f'{_pct(built):.3f}%']
+    assert abs(_pct(built) - 5) < 0.2
+    assert rows['etta'][2:4] == ['b=103,', 'l=50']
+    assert rows['bitfit'][2] == '–'
+    bad = subprocess.run([sys.executable, str(tool), str(DEMO_ET),
+                          '--methods', 'vpt-deep'], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert bad.returncode != 0
+    assert "unknown methods ['vpt-deep'] for a 'deformable_detr'" in \
+        bad.stderr

@@ -12,8 +12,18 @@ bundled with mmpetl). Each method then starts from that base, gets a new
 5-way head and trains on classes 5-9 (1,500 images) for the same
 iterations, batch and data order; top-1 on their 500 test images.
 
+Budget-matched: every method with a size knob (LoRA's rank, an adapter's
+or U-Tuner's bottleneck, the prefix count, ETTA's b and l by its rule,
+UniPT's width, VPT's prompts) is sized at run time for ``--budget`` %
+trainable (default 5) on this model by
+:func:`mmpetl.injection.budget.plan_method` (exact counts of the built
+model; specs in ``BUDGET_METHODS``); full fine-tuning, heads only and BitFit
+have no knob. The table has each method's size and top-1 per trainable %.
+A method that cannot be built (a prefix form not implemented yet) is
+reported and skipped.
+
 The models are ``mmpetl.PETLModel`` built from the same tuner configs the
-detection benchmarks use (sized for d=96 in ``METHODS``), optimised through
+detection benchmarks use, optimised through
 ``PETLOptimWrapperConstructor`` (only trainable parameters in AdamW) with
 ``model.train_step`` - the Runner's own step - in a plain loop, which keeps
 a run to seconds. Writes ``benchmarks/results/cpu/vit_accuracy_transfer.{md,
@@ -38,8 +48,18 @@ import torch  # noqa: E402
 
 import mmpetl  # noqa: E402,F401
 
+from mmpetl.injection.budget import (PlanError, method_specs,  # noqa: E402
+                                     plan_method)
+
 ASSET = osp.join(ROOT, 'mmpetl', 'demo', 'assets', 'fashion_mnist_subset.npz')
 DIMS = 96
+HEADS = ['head']
+#: method -> planner spec (tuners with knob placeholders, see
+#: mmpetl.injection.budget.method_specs; None: full fine-tuning), sized
+#: for --budget on the d=96 ViT at run time
+BUDGET_METHODS = method_specs('vit')
+# The fixed sizes of the first comparison (not budget-matched), kept for
+# tools/analysis_tools/prefix_ablation.py's baselines:
 # method -> PETLModel arguments on top of the base (None: full fine-tuning)
 METHODS = {
     'full-ft': None,
@@ -184,8 +204,32 @@ def train_base(args):
     return model.state_dict(), path, top1(model, test_images, test_labels)
 
 
-def run_one(args, method, seed, base_state, target):
-    return run_spec(args, method, METHODS[method], seed, base_state, target)
+def run_one(args, method, seed, base_state, target, plan=None):
+    """One run of ``method`` at its ``plan`` (a KnobPlan; None: plan
+    it here for ``args.budget``)."""
+    plan = plan or plan_method(vit_cfg(), BUDGET_METHODS[method],
+                               args.budget, HEADS, method)
+    run = run_spec(args, method, plan.args, seed, base_state, target)
+    run.update(budget=args.budget, size=plan.size, knobs=dict(plan.knobs))
+    return run
+
+
+def plan_methods(args, methods):
+    """``(plans, failed)``: a KnobPlan per method sized for
+    ``args.budget``; ``failed``: method -> why it cannot be built."""
+    plans, failed = {}, {}
+    for method in methods:
+        try:
+            plans[method] = plan = plan_method(
+                vit_cfg(), BUDGET_METHODS[method], args.budget, HEADS,
+                method)
+        except PlanError as err:
+            failed[method] = str(err)
+            print(f'[vit] NOT BUILT: {err}', file=sys.stderr, flush=True)
+            continue
+        print(f'[vit] {method}: {plan.size}, {plan.pct:.2f}% trainable',
+              flush=True)
+    return plans, failed
 
 
 def run_spec(args, name, spec, seed, base_state, target,
@@ -233,6 +277,9 @@ def summarize(runs):
     """One row per method: mean, spread and per-seed top-1."""
     from mmpetl.analysis.report import seed_summary
     return seed_summary(runs, 'top1', lambda mine: dict(
+        size=mine[0].get('size', '–'),
+        top1_per_pct=statistics.mean(r['top1'] for r in mine) /
+        mine[0]['trainable_pct'],
         trainable=mine[0]['trainable'],
         trainable_pct=mine[0]['trainable_pct'],
         seconds=statistics.mean(r['seconds'] for r in mine)))
@@ -244,18 +291,20 @@ def markdown(rows, header):
         f"- date: {header['date']}", f"- machine: {header['machine']}",
         f"- command: `{header['command']}`", f"- base: {header['base']}",
         f"- setting: {header['setting']}",
+        f"- budget: {header.get('budget', '–')}",
         f"- seeds: {header['seeds']} (mean, sample std and min-max over "
         'them; top-1 on the 500 target test images)', '',
-        '| method | trainable | trainable % | top-1 mean | std | min-max | '
-        'Δ vs full FT | per seed | s/run |',
-        '|---|---:|---:|---:|---:|---:|---:|---|---:|']
+        '| method | size | trainable | trainable % | top-1 mean | std | '
+        'min-max | Δ vs full FT | top-1 per trainable % | per seed | s/run |',
+        '|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|']
     for r in rows:
         delta = '–' if r['delta_vs_full'] is None else \
             f"{100 * r['delta_vs_full']:+.1f} pt"
         lines.append(
-            f"| {r['method']} | {r['trainable']:,} | "
+            f"| {r['method']} | {r.get('size', '–')} | {r['trainable']:,} | "
             f"{r['trainable_pct']:.2f}% | {r['mean']:.3f} | {r['std']:.3f} | "
             f"{r['min']:.3f}–{r['max']:.3f} | {delta} | "
+            f"{r['top1_per_pct']:.4f} | "
             f"{', '.join(f'{a:.3f}' for a in r['values'])} | "
             f"{r['seconds']:.0f} |")
     return '\n'.join(lines) + '\n'
@@ -263,9 +312,12 @@ def markdown(rows, header):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--methods', nargs='+', default=list(METHODS),
-                   choices=list(METHODS))
+    p.add_argument('--methods', nargs='+', default=list(BUDGET_METHODS),
+                   choices=list(BUDGET_METHODS))
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    p.add_argument('--budget', type=float, default=5.0,
+                   help='trainable %% every method with a size knob is '
+                   'sized for (default 5)')
     p.add_argument('--iters', type=int, default=250)
     p.add_argument('--base-iters', type=int, default=800)
     p.add_argument('--batch', type=int, default=32)
@@ -288,14 +340,18 @@ def main(argv=None):
     print(f'[vit] base {base_path}: source top-1 {base_top1:.3f}',
           flush=True)
     target = load_split([5, 6, 7, 8, 9])
+    plans, failed = plan_methods(args, args.methods)
     runs = []
     for seed in args.seeds:
-        for method in args.methods:
-            run = run_one(args, method, seed, base_state, target)
+        for method in (m for m in args.methods if m in plans):
+            run = run_one(args, method, seed, base_state, target,
+                          plans[method])
             print(f"[vit] {method} seed {seed}: top-1 {run['top1']:.3f} "
                   f"({run['trainable_pct']:.2f}% trainable, "
                   f"{run['seconds']:.0f} s)", flush=True)
             runs.append(run)
+    if not runs:
+        raise SystemExit(f'[vit] nothing ran (not built: {list(failed)})')
     rows = summarize(runs)
     sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
     from petl_benchmark import machine_description
@@ -309,7 +365,11 @@ def main(argv=None):
         setting=f'{args.iters} iterations, batch {args.batch}, AdamW (PETL '
         f'lr {args.petl_lr}, full FT lr {args.full_lr}), new 5-way head; '
         f'total {(time.time() - start) / 60:.1f} min',
-        seeds=' '.join(map(str, args.seeds)))
+        seeds=' '.join(map(str, args.seeds)),
+        budget=f'{args.budget:g}% trainable: every method with a size knob '
+        'sized for it by mmpetl.injection.budget.plan_method (exact counts)' +
+        ''.join(f'; not built: {m} ({why})' for m, why in failed.items()),
+        sizes={m: p.to_dict() for m, p in plans.items()})
     text = markdown(rows, header)
     print(text)
     os.makedirs(args.out_dir, exist_ok=True)
