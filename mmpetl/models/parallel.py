@@ -218,18 +218,27 @@ def _detr_forward_official(host: nn.Module, img_feats,
     """Encoder + decoder without autograd, their layers' outputs and the
     encoder's key padding mask captured; the official UniPT's hidden
     states (decoder layers it reads rewritten) go to the heads."""
-    encoder = host.encoder
+    encoder, unipt = host.encoder, host.unipt
+    num = len(encoder.layers)
+    # only the layers read are kept (None for the others): the frozen
+    # forward holds no more than it must
+    read = set(unipt.enc_layers + [num - 1]) if unipt.cross_attention \
+        else set()
     captured: List[torch.Tensor] = []
     masks: List[torch.Tensor] = []
 
     def keep_mask(module, args, kwargs):
         masks.append(kwargs.get('key_padding_mask'))
 
+    def keep(index):
+        return lambda m, a, out: captured.append(
+            out if index in read else None)
+
     handles = [encoder.register_forward_pre_hook(keep_mask,
                                                  with_kwargs=True)]
     handles += [
-        layer.register_forward_hook(lambda m, a, out: captured.append(out))
-        for layer in encoder.layers
+        layer.register_forward_hook(keep(i))
+        for i, layer in enumerate(encoder.layers)
     ]
     try:
         with torch.no_grad():
@@ -245,7 +254,6 @@ def _detr_forward_official(host: nn.Module, img_feats,
             f'outputs; {type(host).__name__} runs its encoder differently '
             f"from DETR / Deformable DETR (variant='v1' reads the decoder "
             f'only).')
-    unipt = host.unipt
     hidden = head_inputs['hidden_states']
     new = unipt(captured, masks[0], hidden)
     if unipt.recording:

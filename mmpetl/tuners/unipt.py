@@ -441,7 +441,8 @@ class UniPTDetr(UniPT):
 
         Args:
             enc_feats (Sequence[Tensor]): the encoder layers' outputs, each
-                (B, N, d) (multi-scale tokens flattened), no autograd.
+                (B, N, d) (multi-scale tokens flattened), no autograd;
+                None for the layers not read (see ``enc_layers``).
             enc_mask (Tensor, optional): (B, N), True for padded tokens
                 (MMDet's key padding mask); None: none padded.
             dec_feats (Tensor | Sequence[Tensor]): the decoder layers'

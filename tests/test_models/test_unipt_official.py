@@ -61,6 +61,9 @@ def test_detr_network_shapes_init_and_gradients(output):
     net = UniPT(D, 6, output=output)
     out = net(enc, mask, dec)
     assert out.shape == dec.shape
+    # the surgery keeps only the encoder layers read (None for the others)
+    kept = [h if i in (0, 2, 4, 5) else None for i, h in enumerate(enc)]
+    torch.testing.assert_close(net(kept, mask, dec), out, atol=0, rtol=0)
     for layer in (1, 3):  # not read: the frozen states as they are
         torch.testing.assert_close(out[layer], dec[layer], atol=0, rtol=0)
     if output == 'residual':  # exact at init
