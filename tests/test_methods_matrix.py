@@ -71,6 +71,22 @@ def prefix_count(model, scaled):
                for _, m in blocks(model, 'attn'))
 
 
+def new_forms_count(model):
+    """ETTA's variants' prefixes, per attention: deformable attention
+    'steer+parallel' 2ld + 3lHLP + 2 (P_k, P_v, steering values, two
+    scales); attention with keys 'reweight+parallel' l(2d + d) + 2 (P_k,
+    P_q, P_v, two scales)."""
+    total = 0
+    for _, m in blocks(model, 'attn'):
+        d = width(m)
+        if isinstance(m, MultiScaleDeformableAttention):
+            total += 2 * L * d + 3 * L * m.num_heads * m.num_levels * \
+                m.num_points + 2
+        else:
+            total += 3 * L * d + 2
+    return total
+
+
 def bias_count(model, head):
     head_ids = {id(p) for p in getattr(model, head).parameters()}
     return sum(p.numel() for n, p in model.named_parameters()
@@ -129,6 +145,25 @@ METHODS = {
               dict(type='ScaledPrefix', presets=['attn'], num_prefix=L)],
              None, [], True,  # parallel form, P_v = 0: exact
              lambda m, a: adapter_count(m, 'ffn') + prefix_count(m, True)),
+    # ETTA's variants: steering prefixes on deformable attention, the
+    # re-weighting form on attentions with keys ('attn' covers both kinds
+    # on Deformable DETR: the steer entry goes to MSDA, reweight to MHA)
+    'etta_steer': ([dict(type='ParallelAdapter', presets=['ffn'],
+                         bottleneck=B),
+                    dict(type='ScaledPrefix', presets=[
+                        'encoder_self_attn', 'decoder_cross_attn'],
+                        num_prefix=L, form='steer+parallel'),
+                    dict(type='ScaledPrefix', presets=['decoder_self_attn'],
+                         num_prefix=L, form='reweight+parallel')],
+                   None, [], True,  # balanced init: exact up to rounding
+                   lambda m, a: adapter_count(m, 'ffn') + new_forms_count(m)),
+    'etta_reweight': ([dict(type='ParallelAdapter', presets=['ffn'],
+                            bottleneck=B),
+                       dict(type='ScaledPrefix', presets=['attn'],
+                            num_prefix=L, form='reweight+parallel')],
+                      None, [], True,
+                      lambda m, a: adapter_count(m, 'ffn') +
+                      new_forms_count(m)),
     'utuning_dual': ([dict(type='UTuner', presets=['attn', 'ffn'],
                            bottleneck=B)], None, [], True,
                      lambda m, a: adapter_count(m, 'attn') +
@@ -155,7 +190,9 @@ METHODS = {
 }
 ARCHS = ['detr', 'deformable_detr', 'vit']
 CASES = [(m, a) for m in METHODS for a in ARCHS
-         if not (m.startswith('vpt') and a != 'vit')]
+         if not (m.startswith('vpt') and a != 'vit')
+         and not (m == 'etta_steer' and a != 'deformable_detr')
+         and not (m == 'etta_reweight' and a == 'deformable_detr')]
 
 
 def build(method, arch):

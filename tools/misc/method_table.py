@@ -48,6 +48,17 @@ METHODS = {
              "(form='parallel'; ETTA's joint (1-λ)Attn + s·λ·Attn_P: "
              "form='joint'); MSDA: + s·W_o·Attn(q,P_k,P_v)",
              'every FFN (b=256) and attention (l=50)'),
+    'etta-steer': ('ETTA-steer (variant)',
+                   'adapters in FFNs + steering prefixes: MSDA offsets and '
+                   'logits + s·a·S, a = softmax(q P_kᵀ), plus the value '
+                   "branch (form='steer+parallel'); MHA q' = q + s·a·P_q "
+                   "(form='reweight+parallel')",
+                   'every FFN (b=192) and attention (l=50)'),
+    'etta-reweight': ('ETTA-reweight (variant)',
+                      "adapters in FFNs + q' = q + s·a·P_q, a = "
+                      'softmax(q P_kᵀ): re-weights the frozen keys, plus the '
+                      "value branch (form='reweight+parallel')",
+                      'every FFN (b=256) and attention (l=50)'),
     'utuning': ('U-Tuning, Dual-U-Tuner', 'OP(x) + U(x)',
                 'every attention and FFN, b=64'),
     'utuning-mha': ('U-Tuning, MHA-U-Tuner', 'Attn(x) + U(x)',
@@ -58,8 +69,11 @@ METHODS = {
                            'every attention and FFN, b=64'),
     'utuning-first-layer': ('U-Tuning, first layer only', 'OP(x) + U(x)',
                             'attention and FFN of layer 0, b=64'),
-    'unipt': ('UniPT', 'h_k + U(Σ_l a_kl·m_kl), fed detached activations',
-              'beside the model: decoder layers (DETR) / ViT layers, r=64'),
+    'unipt': ('UniPT', 'the authors\' side network fed detached '
+              'activations: encoder side memory S, decoder queries mix S '
+              '(ReLU + L1), per-image confidences, h + LN(Linear(ReLU(·)))',
+              'beside the model: every other encoder/decoder layer + the '
+              'last (DETR) / embeddings + every block (ViT), width d/2'),
     'vpt-shallow': ('VPT-shallow', '[cls, P, x] before layer 1',
                     'ViT input, 10 prompts'),
     'vpt-deep': ('VPT-deep', '[cls, P_i, x] before every layer i',

@@ -33,7 +33,8 @@ METAFILES = 'configs/metafiles'
 COLLECTIONS = {
     'etta': ('ETTA', ['Parallel Adapter', 'Scaled Prefix'],
              'adapters beside every FFN, scaled prefixes in every '
-             'attention (the ET-* detectors)'),
+             'attention (the ET-* detectors); its variants etta-steer and '
+             'etta-reweight use the steering / re-weighting prefix forms'),
     'adapter': ('Parallel Adapter', ['Parallel Adapter'],
                 'adapters beside every FFN'),
     'serial-adapter': ('Serial Adapter', ['Serial Adapter'],
@@ -83,6 +84,8 @@ def algorithm_of(config: str) -> str:
     method = name.split('_')[0].split('+')[0]
     if method.startswith('utuning'):
         return 'utuning'
+    if method.startswith('etta'):  # ETTA's variants (etta-steer, ...)
+        return 'etta'
     if method.startswith('vpt'):
         return 'vpt'
     return method

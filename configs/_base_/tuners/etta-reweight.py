@@ -1,0 +1,15 @@
+# ETTA with re-weighting prefixes, for models whose attentions all have keys
+# (DETR, Conditional DETR, DAB-DETR, ViT): ETTA's parallel adapters beside
+# every FFN, and in every attention form='reweight+parallel': per head
+# a = softmax(q P_k^T), q' = q + s * a P_q (a query-conditioned re-weighting
+# of the frozen keys, which the paper's value-only prefix cannot do) plus
+# ETTA's value branch s_v * Attn(q, P_k, P_v). A variant of ETTA, named as
+# such. init='balanced' (the default of this form): exact at init, every
+# non-scale tensor gets a gradient at step 0 (docs/methods.md). Measured
+# against ETTA and LoRA at one budget: benchmarks/README.md (accuracy).
+tuners = [
+    dict(type='ParallelAdapter', presets=['ffn'], bottleneck=256, scale=1.0),
+    dict(type='ScaledPrefix', presets=['attn'], num_prefix=50,
+         form='reweight+parallel'),
+]
+extra_trainable = []
