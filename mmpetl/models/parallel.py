@@ -262,15 +262,15 @@ def _detr_forward_official(host: nn.Module, img_feats,
     return head_inputs
 
 
-def _vit_extract_feat(host: nn.Module, inputs: torch.Tensor,
-                      stage: str = 'neck'):
-    """ViT backbone without autograd (layer outputs captured), the UniPT
-    correction added to the last backbone output."""
-    if host.unipt.variant != 'v1':
-        return _vit_extract_feat_official(host, inputs, stage)
-    backbone = host.backbone
+def _frozen_vit(backbone: nn.Module, inputs: torch.Tensor,
+                embeddings: bool):
+    """The ViT backbone's outputs without autograd and what UniPT reads:
+    every block's output, after the embeddings (the first block's input)
+    when ``embeddings``."""
     captured: List[torch.Tensor] = []
-    handles = [
+    handles = [backbone.layers[0].register_forward_pre_hook(
+        lambda m, args: captured.append(args[0]))] if embeddings else []
+    handles += [
         layer.register_forward_hook(lambda m, a, out: captured.append(out))
         for layer in backbone.layers
     ]
@@ -280,6 +280,17 @@ def _vit_extract_feat(host: nn.Module, inputs: torch.Tensor,
     finally:
         for handle in handles:
             handle.remove()
+    return outs, captured
+
+
+def _vit_extract_feat(host: nn.Module, inputs: torch.Tensor,
+                      stage: str = 'neck'):
+    """ViT backbone without autograd (layer outputs captured), the UniPT
+    correction added to the last backbone output."""
+    if host.unipt.variant != 'v1':
+        return _vit_extract_feat_official(host, inputs, stage)
+    backbone = host.backbone
+    outs, captured = _frozen_vit(backbone, inputs, embeddings=False)
     unipt = host.unipt
     last = len(captured) - 1
     # the layer outputs as they are: a stacked copy would double them
@@ -298,19 +309,7 @@ def _vit_extract_feat_official(host: nn.Module, inputs: torch.Tensor,
     output captured); the official UniPT turns the last backbone output
     (its anchor) into what the head reads."""
     backbone = host.backbone
-    captured: List[torch.Tensor] = []
-    handles = [backbone.layers[0].register_forward_pre_hook(
-        lambda m, args: captured.append(args[0]))]
-    handles += [
-        layer.register_forward_hook(lambda m, a, out: captured.append(out))
-        for layer in backbone.layers
-    ]
-    try:
-        with torch.no_grad():
-            outs = backbone(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    outs, captured = _frozen_vit(backbone, inputs, embeddings=True)
     anchor = _as_tokens(backbone, outs[-1])
     new = host.unipt(captured, anchor,
                      functools.partial(_align, backbone))
