@@ -13,6 +13,7 @@ plain libraries compute.
 """
 from typing import Callable, Dict, NamedTuple
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -290,6 +291,16 @@ def _without_mmpretrain_multimodal() -> None:
     sys.modules['mmpretrain.utils.dependency'] = module
 
 
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Bit-identity checks run on one thread (restored after the module);
+    a test module imports it to use it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 if __name__ == '__main__':  # python -m tests.test_tuners.matrix_hosts OUT
     import sys
     _without_mmpretrain_multimodal()
@@ -297,3 +308,4 @@ if __name__ == '__main__':  # python -m tests.test_tuners.matrix_hosts OUT
     assert not any(m == 'mmpetl' or m.startswith('mmpetl.')
                    for m in sys.modules), 'mmpetl was imported'
     torch.save(results, sys.argv[1])
+

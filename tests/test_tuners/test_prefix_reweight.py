@@ -29,21 +29,13 @@ from mmpetl.checkpoints import (load_tuner_checkpoint, load_tuner_state,
 from mmpetl.injection import inject
 from mmpetl.tuners import (PrefixTuning, ScaledPrefix, TaskGroups,
                            TunerHostError)
-from tests.test_tuners.matrix_hosts import (BATCH, HEADS, HOSTS, SIDE,
+from tests.test_tuners.matrix_hosts import (one_thread, BATCH, HEADS, HOSTS, SIDE,
                                             Holder, host_inputs)
 
 P = 3  # prefixes
 FORMS = ['reweight', 'reweight+parallel']
 KEY_HOSTS = ['torch_mha', 'mmcv_mha', 'vit_attn', 'cond_self', 'cond_cross',
              'swin']
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(host: str, form: str, dtype=torch.float32, **kwargs) -> Holder:

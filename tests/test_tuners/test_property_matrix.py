@@ -44,7 +44,7 @@ from mmpetl.models import PETLModel, apply_activation_checkpointing
 from mmpetl.tuners import TaskGroups, TunerHostError
 from tests.conftest import small_deformable_cfg, tensor_outputs
 from tests.test_apis.common import TUNERS as DEFORMABLE_TUNERS
-from tests.test_tuners.matrix_hosts import (BATCH, HOSTS, Holder,
+from tests.test_tuners.matrix_hosts import (one_thread, BATCH, HOSTS, Holder,
                                             host_inputs, move_off_init)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,14 +144,6 @@ CASES, REFUSALS = _cases()
 
 def case_id(case):
     return f'{case[0]}-{"+".join(case[1])}'
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(host: str, kinds, seed: int = 3) -> Holder:
