@@ -35,20 +35,28 @@ DRY_RUN = DEVICE == 'cpu'
 
 
 def mmcv_cuda_ops_problem():
-    """Why MMCV's CUDA ops cannot run here (a sentence), or None."""
+    """Why MMCV's CUDA ops cannot run here (a sentence), or None. Probed
+    with one deformable-attention kernel call on CUDA, not with
+    ``mmcv.ops.get_compiling_cuda_version()``, which segfaulted in the GPU
+    machine's C++20 build of MMCV 2.1.0 (2026-12-04)."""
     try:
-        from mmcv.ops import get_compiling_cuda_version
         from mmcv.ops.multi_scale_deform_attn import ext_module
-        compiled = get_compiling_cuda_version()
     except Exception as err:  # an unbuilt or broken extension
         return (f'mmcv.ops does not load ({type(err).__name__}: '
                 f'{str(err)[:120]})')
-    if 'not available' in compiled:
-        return (f'mmcv was built without CUDA ops (get_compiling_cuda_'
-                f'version() = {compiled!r}): build it with MMCV_WITH_OPS=1 '
-                f'FORCE_CUDA=1 (tools/gpu/device_run.sh does)')
     if not hasattr(ext_module, 'ms_deform_attn_forward'):
         return "mmcv's extension has no ms_deform_attn_forward"
+    try:
+        value = torch.rand(1, 6, 1, 2, device='cuda')
+        shapes = torch.tensor([[2, 3]], device='cuda')
+        ext_module.ms_deform_attn_forward(
+            value, shapes, torch.tensor([0], device='cuda'),
+            torch.rand(1, 1, 1, 1, 1, 2, device='cuda'),
+            torch.ones(1, 1, 1, 1, 1, device='cuda'), im2col_step=64)
+    except Exception as err:
+        return (f'mmcv was built without CUDA ops ({type(err).__name__}: '
+                f'{str(err)[:80]}): build it with MMCV_WITH_OPS=1 '
+                f'FORCE_CUDA=1 (tools/gpu/device_run.sh does)')
     return None
 
 

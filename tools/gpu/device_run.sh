@@ -15,9 +15,10 @@
 # Here, before spending device time (local .venv, no kit, no build):
 #   DRY_RUN=1 bash tools/gpu/device_run.sh
 # Knobs (environment): DEADLINE (s, default 540), STEPS (default
-# "build tests bench bench_amp demo"; a warm machine that already built
-# mmcv skips the build by itself), CAP_TESTS / CAP_BENCH / CAP_BENCH_AMP
-# (s, upper bounds per step; the demo gets the rest), BENCH_CONFIG_TIMEOUT,
+# "build tests bench bench_amp demo", run in the order named; a warm
+# machine that already built mmcv skips the build by itself), CAP_TESTS / CAP_BENCH / CAP_BENCH_AMP
+# (s, upper bounds per step; the demo gets the rest), BENCH_ARCHS /
+# BENCH_METHODS (what the benchmark measures), BENCH_NAME, BENCH_CONFIG_TIMEOUT,
 # BENCH_WARMUP / BENCH_ITERS / BENCH_INFER_ITERS, DEMO_AMP, GPU_SCRATCH, BENCH.
 set -u
 
@@ -36,8 +37,8 @@ KIT=.gpukit
 METHOD_CONFIGS=configs/methods
 
 # -- what is measured ------------------------------------------------------
-BENCH_ARCH=deformable-detr_r50_coco
-BENCH_METHODS="full-ft heads-only etta etta+ckpt lora unipt"
+BENCH_ARCHS=${BENCH_ARCHS:-deformable-detr_r50_coco}
+BENCH_METHODS=${BENCH_METHODS:-full-ft heads-only etta etta+ckpt lora unipt}
 BENCH_SHAPE="--batch 2 --input-size 800 1333"
 BENCH_LOOPS="--warmup ${BENCH_WARMUP:-2} --iters ${BENCH_ITERS:-5} --infer-iters ${BENCH_INFER_ITERS:-5}"
 BENCH_CONFIG_TIMEOUT=${BENCH_CONFIG_TIMEOUT:-90}
@@ -92,7 +93,7 @@ run() {
   tail -25 "$R/$name.log"; pack
 }
 
-BENCH_CMD=("$PY" "$BENCH" --device cuda --archs "$BENCH_ARCH"
+BENCH_CMD=("$PY" "$BENCH" --device cuda --archs $BENCH_ARCHS
            --methods $BENCH_METHODS $BENCH_SHAPE $BENCH_LOOPS
            --timeout "$BENCH_CONFIG_TIMEOUT" --out-dir "$R/bench")
 DEMO_CMD=("$PY" "$DEMO" --device cuda --amp "$DEMO_AMP"
@@ -103,16 +104,16 @@ DEMO_CMD=("$PY" "$DEMO" --device cuda --amp "$DEMO_AMP"
 {
   echo "deadline ${DEADLINE}s, steps: $STEPS, dry run: $DRY_RUN, python: $PY"
   echo "tests:     $PY -m pytest -m cuda $CUDA_TESTS (cap ${CAP_TESTS}s)"
-  echo "bench:     ${BENCH_CMD[*]} --name speed_memory_fp32 (cap ${CAP_BENCH}s)"
-  echo "bench_amp: ${BENCH_CMD[*]} --amp bfloat16 --name speed_memory_bf16 (cap ${CAP_BENCH_AMP}s)"
+  echo "bench:     ${BENCH_CMD[*]} --name ${BENCH_NAME:-speed_memory}_fp32 (cap ${CAP_BENCH}s)"
+  echo "bench_amp: ${BENCH_CMD[*]} --amp bfloat16 --name ${BENCH_NAME:-speed_memory}_bf16 (cap ${CAP_BENCH_AMP}s)"
   echo "demo:      ${DEMO_CMD[*]} (the rest)"
 } | tee "$R/plan.txt"
 missing=()
 for f in "$BENCH" "$DEMO" "$CUDA_TESTS/__init__.py" "$GPU_TOOLS/import_check.py" \
          "$GPU_TOOLS/check_demo.py"; do [ -e "$f" ] || missing+=("$f"); done
-for m in $BENCH_METHODS; do
-  f=$METHOD_CONFIGS/${m}_$BENCH_ARCH.py; [ -e "$f" ] || missing+=("$f")
-done
+for a in $BENCH_ARCHS; do for m in $BENCH_METHODS; do
+  f=$METHOD_CONFIGS/${m}_$a.py; [ -e "$f" ] || missing+=("$f")
+done; done
 for c in timeout tar "$PY"; do command -v "$c" >/dev/null || missing+=("command $c"); done
 if [ "$DRY_RUN" != 1 ]; then
   for f in "$KIT/mmcv-2.1.0.tar.gz"; do [ -e "$f" ] || missing+=("$f (run bash ../shared/gpu/make_kit.sh here, carry .gpukit)"); done
@@ -196,15 +197,20 @@ fi
 pack
 
 # -- 3. the measurements, each bounded by what is left ------------------------
-want tests && run tests "$CAP_TESTS" "$PY" -m pytest -m cuda "$CUDA_TESTS" -rs \
-  -q -p no:cacheprovider --junitxml="$R/cuda_tests.xml"
-want bench && run bench "$CAP_BENCH" "${BENCH_CMD[@]}" --name speed_memory_fp32
-want bench_amp && run bench_amp "$CAP_BENCH_AMP" "${BENCH_CMD[@]}" --amp bfloat16 \
-  --name speed_memory_bf16
-if want demo; then
-  run demo "$DEADLINE" "${DEMO_CMD[@]}"
-  "$PY" "$GPU_TOOLS/check_demo.py" "$S/demo" --keep "$R/demo" 2>&1 \
-    | tee "$R/demo_check.log"
-fi
+# in the order STEPS names them (build is above)
+for step in $STEPS; do
+  case $step in
+    tests) run tests "$CAP_TESTS" "$PY" -m pytest -m cuda "$CUDA_TESTS" -rs \
+             -q -p no:cacheprovider --junitxml="$R/cuda_tests.xml" ;;
+    bench) run bench "$CAP_BENCH" "${BENCH_CMD[@]}" \
+             --name ${BENCH_NAME:-speed_memory}_fp32 ;;
+    bench_amp) run bench_amp "$CAP_BENCH_AMP" "${BENCH_CMD[@]}" \
+                 --amp bfloat16 --name ${BENCH_NAME:-speed_memory}_bf16 ;;
+    demo)
+      run demo "$DEADLINE" "${DEMO_CMD[@]}"
+      "$PY" "$GPU_TOOLS/check_demo.py" "$S/demo" --keep "$R/demo" 2>&1 \
+        | tee "$R/demo_check.log" ;;
+  esac
+done
 log "done; results in \$OUT/results.tgz"
 cat "$R/steps.tsv" 2>/dev/null
