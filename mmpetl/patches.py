@@ -19,7 +19,8 @@ process that imports mmpetl but builds no PETL model runs unchanged.
 Every patch keeps the caller's dtype and device: ``msda_fp32`` computes
 deformable attention in fp32 only inside autocast and returns the dtype
 of its ``value``, as MMCV does; outside autocast the op sees the tensors
-as they are.
+as they are. One exception, a loss: ``focal_loss_fp32`` returns the focal
+loss of fp16/bf16 logits in fp32 (no later layer reads it).
 
 The patches (name: what changes, and why):
 
@@ -28,6 +29,11 @@ The patches (name: what changes, and why):
   ``mmcv.ops.multi_scale_deform_attn``: fp32 inside autocast (``--amp``),
   and off CUDA mmpetl's fallback that keeps only its inputs for backward
   (:mod:`mmpetl.ops.msda_fp32`).
+* ``focal_loss_fp32``: ``_sigmoid_focal_loss`` in
+  ``mmdet.models.losses.focal_loss`` (MMCV's CUDA op, what MMDetection's
+  ``FocalLoss`` calls on CUDA): fp32 logits when they come in fp16/bf16,
+  the loss in fp32 (MMCV 2.1 has no bf16 kernel; :mod:`mmpetl.ops.
+  focal_loss_fp32`).
 * ``atomic_checkpoint_save``: ``mmengine.runner.runner.save_checkpoint``:
   local checkpoints are written to a temporary file and renamed
   (:mod:`mmpetl.utils.io`).
@@ -48,6 +54,9 @@ import contextlib
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
+from .ops.focal_loss_fp32 import (focal_loss_fp32_patched,
+                                  patch_focal_loss_fp32,
+                                  unpatch_focal_loss_fp32)
 from .ops.msda_fp32 import (msda_fp32_patched, patch_msda_fp32,
                             unpatch_msda_fp32)
 from .utils.compat import (guard_mmpretrain_multimodal,
@@ -103,6 +112,12 @@ PATCHES: Dict[str, Patch] = {p.name: p for p in (
           'PyTorch fallback that keeps only its inputs; the dtype of the '
           'values is returned', patch_msda_fp32, unpatch_msda_fp32,
           msda_fp32_patched),
+    Patch('focal_loss_fp32',
+          'mmdet.models.losses.focal_loss._sigmoid_focal_loss',
+          "MMCV's sigmoid focal loss on fp32 logits when they come in "
+          'fp16/bf16 (its CUDA kernel has no bf16: --amp bfloat16 '
+          'failed)', patch_focal_loss_fp32, unpatch_focal_loss_fp32,
+          focal_loss_fp32_patched),
     Patch('atomic_checkpoint_save',
           'mmengine.runner.runner.save_checkpoint',
           'atomic checkpoint writes (a killed job never leaves half a '

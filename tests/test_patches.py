@@ -83,6 +83,9 @@ print('RESULTS' + json.dumps(results))
 IDENTITY_SCRIPT = r'''
 import json, sys
 import torch
+# torch registers safe globals of its own when these are first imported
+# (MMDetection's import does, and the focal_loss_fp32 patch imports it)
+import torch._dynamo, torch.distributed.tensor
 from mmcv.ops import multi_scale_deform_attn as msda
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import runner
@@ -320,3 +323,66 @@ def test_history_buffer_state_round_trips():
     assert copy.mean() == buffer.mean() and copy.current() == 4.0
     # the live object keeps its statistics methods (not mutated)
     assert 'mean' in buffer._statistics_methods
+
+
+def _py_focal(input, target, gamma=2.0, alpha=0.25, weight=None,
+              reduction='mean'):
+    """A stand-in for MMCV's op (no CPU kernel) with its arguments, that
+    records what it was given."""
+    from mmdet.models.losses.focal_loss import py_sigmoid_focal_loss
+    _py_focal.seen.append((input.dtype, torch.is_autocast_enabled('cpu')))
+    one_hot = torch.nn.functional.one_hot(target, input.size(1) + 1)
+    loss = py_sigmoid_focal_loss(input, one_hot[:, :-1].to(input.dtype),
+                                 None, gamma, alpha, 'none')
+    return loss.sum() if reduction == 'sum' else loss
+
+
+def test_focal_loss_fp32_runs_half_logits_in_fp32():
+    """MMCV's CUDA focal loss has no bf16 kernel (--amp bfloat16 raised on
+    an H200): the patched name gives it fp32 logits with autocast off, the
+    loss in fp32, the gradient back in the logits' dtype; fp32 logits reach
+    it as they are."""
+    from mmpetl.ops import sigmoid_focal_loss_fp32
+    _py_focal.seen = []
+    run = sigmoid_focal_loss_fp32(_py_focal)
+    assert run.original is _py_focal
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, generator=gen)
+    target = torch.tensor([0, 1, 2, 3, 4, 1])  # 4: background
+    want = _py_focal(logits.double(), target).sum()
+    for dtype in (torch.bfloat16, torch.float16):
+        _py_focal.seen = []
+        half = logits.to(dtype).requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            loss = run(half, target, 2.0, 0.25, None, 'none')
+        assert _py_focal.seen == [(torch.float32, False)], dtype
+        assert loss.dtype == torch.float32
+        loss.sum().backward()
+        assert half.grad.dtype == dtype and half.grad.abs().max() > 0
+        # fp32 on the half-precision logits: only their rounding differs
+        ref = _py_focal(half.detach().double(), target).sum()
+        torch.testing.assert_close(loss.sum().double(), ref, rtol=1e-6,
+                                   atol=1e-6)
+        assert abs(float(ref - want)) < 0.05 * float(want)
+    _py_focal.seen = []
+    full = logits.clone()
+    run(full, target, 2.0, 0.25, None, 'none')
+    assert _py_focal.seen == [(torch.float32, False)]
+
+
+def test_focal_loss_fp32_patch_wraps_mmcvs_op_and_is_undone():
+    from mmcv.ops import sigmoid_focal_loss
+    from mmdet.models.losses import focal_loss
+
+    from mmpetl.ops import focal_loss_fp32_patched
+    mmpetl.apply_patches(['focal_loss_fp32'])
+    try:
+        assert focal_loss_fp32_patched()
+        assert focal_loss._sigmoid_focal_loss.original is sigmoid_focal_loss
+        assert mmpetl.remove_patches(['focal_loss_fp32']) == [
+            'focal_loss_fp32']
+        assert focal_loss._sigmoid_focal_loss is sigmoid_focal_loss
+        assert not focal_loss_fp32_patched()
+    finally:
+        mmpetl.apply_patches(['focal_loss_fp32'])
+    assert focal_loss._sigmoid_focal_loss.original is sigmoid_focal_loss
