@@ -14,9 +14,18 @@ prefixes the least that works. For a built base model:
 a config that also tunes a Swin/ViT backbone adds ``backbone_ffn`` and
 ``backbone_attn``).
 
-``plan()`` takes the largest prefix length from ``prefix_choices`` that
-still leaves the adapters ``min_bottleneck``, then the largest ``b`` that
-fits. Counts are exact: they use the real module widths of the model.
+ETTA's allocation keeps the prefixes a small part of the tuners: on
+ViT-B (d = 768) its b = 400 adapters and l = 50 prefixes give the prefixes
+l*2d = 76,800 of every block's 692,368 tuner parameters, 11.1 %
+(:data:`ETTA_PREFIX_SHARE`). ``plan()`` and :func:`plan_method` keep that
+share on any model: the largest prefix length of ``prefix_choices`` that
+leaves the adapters at least ``min_bottleneck`` and whose prefixes are at
+most ``prefix_share`` of the tuner parameters at the ``b`` that fills the
+budget; when none is, the smallest that fits (the fewest prefixes that
+work). ``prefix_share=None`` is the first rule: the largest ``l`` that
+fits, which on a narrow model (d = 128, 2 + 2 layers) gave the prefixes
+half of the budget. Counts are exact: they use the real module widths of
+the model.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -30,8 +39,27 @@ from .matching import name_matches
 from .presets import detect_arch, preset_regex
 
 __all__ = ['Allocation', 'budget_terms', 'plan', 'KNOBS', 'KnobPlan',
+           'ETTA_PREFIX_SHARE', 'PLANNER_RULE',
            'PlanError', 'method_specs', 'spec_knobs', 'fill_spec',
            'size_label', 'count_petl', 'plan_method', 'without_pretrained']
+
+
+def _etta_share(d: int = 768, b: int = 400, l: int = 50) -> float:
+    """Prefix share of ETTA's tuner parameters in one ViT block (one
+    attention: ``l*2d + 1``, one FFN adapter: ``2*d*b + b + d``)."""
+    prefixes = l * 2 * d + 1
+    return prefixes / (prefixes + 2 * d * b + b + d)
+
+
+#: the prefixes' share of ETTA's tuner parameters in the paper's ViT-B
+#: allocation (b = 400, l = 50, d = 768): 0.111
+ETTA_PREFIX_SHARE = _etta_share()
+
+#: names the rules :func:`plan_method` sizes by; it changes whenever they
+#: would choose differently, so that caches of plans (the accuracy
+#: benchmark's ``plans.json``) key on it and never serve a plan of an
+#: older rule
+PLANNER_RULE = f'etta-prefix-share<={ETTA_PREFIX_SHARE:.4f}'
 
 
 @dataclass
@@ -88,7 +116,9 @@ def plan(model: nn.Module, target_pcts: Sequence[float],
          prefix_choices: Sequence[int] = (50, 32, 16, 8),
          min_bottleneck: int = 8, arch: str = None,
          ffn_presets: Sequence[str] = ('ffn', ),
-         attn_presets: Sequence[str] = ('attn', )) -> List[Allocation]:
+         attn_presets: Sequence[str] = ('attn', ),
+         prefix_share: Optional[float] = ETTA_PREFIX_SHARE
+         ) -> List[Allocation]:
     """ETTA allocations for each target % (see the module doc)."""
     ffn_dims, attn_dims, heads, base = budget_terms(
         model, trainable, arch, ffn_presets, attn_presets)
@@ -112,8 +142,11 @@ def plan(model: nn.Module, target_pcts: Sequence[float],
                     lo = mid
                 else:
                     hi = mid
-            chosen = (lo, l)
-            break
+            chosen = (lo, l)  # the smallest l that fits, if none is lean
+            adapters, prefixes = _count(ffn_dims, attn_dims, lo, l)
+            if prefix_share is None or \
+                    prefixes <= prefix_share * (adapters + prefixes):
+                break
         if chosen is None:
             smallest = _count(ffn_dims, attn_dims, min_bottleneck,
                               min(prefix_choices))
@@ -382,6 +415,7 @@ class _Counter:
     def __init__(self, method, model_cfg, spec, heads):
         self.method, self.model_cfg, self.spec = method, model_cfg, spec
         self.heads, self.cache = list(heads), {}
+        self.extra = {}  # other counts of the same model (heads only)
 
     def __call__(self, **knobs) -> tuple:
         key = tuple(sorted(knobs.items()))
@@ -399,6 +433,21 @@ class _Counter:
     def pct(self, **knobs) -> float:
         trainable, total = self(**knobs)
         return 100.0 * trainable / total
+
+
+def _prefix_share(counter: '_Counter', model_cfg: dict,
+                  heads: Sequence[str], b: int, l: int) -> float:
+    """The prefixes' share of the tuner parameters of ``counter``'s ETTA
+    spec at ``(b, l)``, by counting built models (affine in ``l``)."""
+    trainable = counter(b=b, l=l)[0]
+    per_prefix = counter(b=b, l=l + 1)[0] - trainable
+    if 'heads' not in counter.extra:
+        counter.extra['heads'] = count_petl(
+            without_pretrained(model_cfg),
+            fill_spec(dict(tuners=[], extra_trainable=list(
+                counter.spec.get('extra_trainable', []))), {}, heads))[0]
+    tuners = trainable - counter.extra['heads']
+    return per_prefix * l / tuners
 
 
 def _closest(pct, target: float, lo: int, hi_limit: int) -> tuple:
@@ -453,7 +502,8 @@ def _closest(pct, target: float, lo: int, hi_limit: int) -> tuple:
 def plan_method(model_cfg: dict, spec: Optional[dict], target_pct: float,
                 heads: Sequence[str] = ('bbox_head', ), method: str = '',
                 prefix_choices: Sequence[int] = (50, 32, 16, 8),
-                min_bottleneck: int = 8, max_value: int = 1 << 14
+                min_bottleneck: int = 8, max_value: int = 1 << 14,
+                prefix_share: Optional[float] = ETTA_PREFIX_SHARE
                 ) -> KnobPlan:
     """Size ``spec`` (see :func:`method_specs`) so that its trainable %
     on ``model_cfg`` (an inner model config) is closest to
@@ -464,7 +514,12 @@ def plan_method(model_cfg: dict, spec: Optional[dict], target_pct: float,
       % is monotone in the knob);
     * ETTA (``'{b}'`` and ``'{l}'``): ETTA's rule, as :func:`plan`: the
       largest ``l`` of ``prefix_choices`` that leaves the adapters
-      ``min_bottleneck`` within the target, then the ``b`` closest to it;
+      ``min_bottleneck`` within the target and, at the ``b`` closest to
+      it, gives the prefixes at most ``prefix_share`` of the tuner
+      parameters (the smallest ``l`` that fits when none does;
+      ``prefix_share=None``: the largest that fits). The prefixes' count
+      is measured: ``(T(b, l + 1) - T(b, l)) * l`` with ``T`` the built
+      model's trainable count, the tuners' ``T(b, l) - T(heads only)``;
     * no knob (full fine-tuning, heads only, BitFit): the % as it is.
 
     ``heads``: the base parts that train in every method (the config's
@@ -486,10 +541,12 @@ def plan_method(model_cfg: dict, spec: Optional[dict], target_pct: float,
             for l in sorted(prefix_choices, reverse=True):
                 if counter.pct(b=min_bottleneck, l=l) > target_pct:
                     continue
-                b, bracket = _closest(lambda v: counter.pct(b=v, l=l),
+                b, bracket = _closest(lambda v, l=l: counter.pct(b=v, l=l),
                                       target_pct, min_bottleneck, max_value)
-                chosen = dict(b=b, l=l)
-                break
+                chosen = dict(b=b, l=l)  # the smallest l that fits
+                if prefix_share is None or _prefix_share(
+                        counter, model_cfg, heads, b, l) <= prefix_share:
+                    break
             if chosen is None:
                 l = min(prefix_choices)
                 raise PlanError(

@@ -152,3 +152,25 @@ def test_runs_are_reused_only_at_the_same_budget_and_size():
         sizes, lora='r=20')).keys() == {('heads-only', 0)}
     assert bench.reusable(runs, 'c.pth', None, 5.0, sizes) == {}
     assert bench.reusable(runs, 'b.pth', 2, 5.0, sizes) == {}
+
+
+def test_cached_plans_are_keyed_on_the_planner_rule(tmp_path, monkeypatch):
+    """A plan cached under an older sizing rule is not served after the
+    rule changes (that once reused ETTA's l=50 plans after the rule chose
+    l=8): the cache key holds PLANNER_RULE."""
+    import argparse
+    args = argparse.Namespace(work_dir=str(tmp_path), budget=5.0)
+    plans, failed = bench.plan_methods(args, ['adapter'])
+    assert not failed
+    cache = json.loads((tmp_path / 'plans.json').read_text())
+    (key, ) = cache
+    assert json.loads(key)['rule'] == bench.PLANNER_RULE
+    # a different size in the cache under the same key is what is served
+    cache[key]['knobs'] = dict(b=7)
+    (tmp_path / 'plans.json').write_text(json.dumps(cache))
+    assert bench.plan_methods(args, ['adapter'])[0]['adapter'].knobs == \
+        dict(b=7)
+    # under another rule it is planned again
+    monkeypatch.setattr(bench, 'PLANNER_RULE', 'another rule')
+    again = bench.plan_methods(args, ['adapter'])[0]['adapter']
+    assert again.knobs == plans['adapter'].knobs != dict(b=7)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mmpetl.injection.budget import (PlanError, fill_spec, method_specs,
-                                     plan, plan_method)
+from mmpetl.injection.budget import (ETTA_PREFIX_SHARE, PlanError,
+                                     fill_spec, method_specs, plan,
+                                     plan_method)
 from mmpetl.models import PETLModel, build_inner_model
 from tests.conftest import small_deformable_cfg, small_family_cfg
 
@@ -124,22 +125,75 @@ def test_planned_knob_is_closest_and_neighbours_bracket_the_target(
     assert abs(p.pct - target) <= min(target - below, above - target)
     lo, p_lo, hi, p_hi = p.bracket
     assert hi == lo + 1 and p_lo < target <= p_hi and k in (lo, hi)
-    assert p.builds <= 10  # interpolation, not a walk over the knob
+    # interpolation, not a walk over the knob (ETTA: one search of b per
+    # prefix choice tried, and two counts for the prefixes' share)
+    assert p.builds <= (10 if len(p.knobs) == 1 else 4 * 8)
 
 
-def test_etta_rule_largest_prefix_that_leaves_the_adapters_room():
-    """ETTA's l: the largest of the choices whose smallest allocation fits
-    (l = 50 at 5% on the demo detector, l = 16 on the d = 96 ViT, whose
-    l = 32 prefixes alone are > 5%)."""
-    for (model_cfg, heads), arch, l in ((_demo(), 'deformable_detr', 50),
-                                        (_vit(), 'vit', 16)):
-        p = plan_method(model_cfg, method_specs(arch)['etta'], 5, heads,
-                        'etta')
-        assert p.knobs['l'] == l
-        if l < 50:  # the next larger l does not fit with b = 8
-            bigger = fill_spec(method_specs(arch)['etta'],
-                               dict(b=8, l=32), heads)
-            assert _pct(_fresh(model_cfg, bigger)) > 5
+def _tuner_share(model_cfg, heads, arch, b, l):
+    """The prefixes' share of ETTA's tuner parameters at (b, l), from
+    models built here: one prefix more, and heads only."""
+    spec = method_specs(arch)['etta']
+    at = _fresh(model_cfg, fill_spec(spec, dict(b=b, l=l), heads))[0]
+    more = _fresh(model_cfg, fill_spec(spec, dict(b=b, l=l + 1), heads))[0]
+    only_heads = _fresh(model_cfg, dict(tuners=[], trainable=heads))[0]
+    return (more - at) * l / (at - only_heads)
+
+
+def test_etta_share_is_the_papers_allocation():
+    """b = 400, l = 50 on ViT-B (d = 768): prefixes 76,801 of 692,369."""
+    assert ETTA_PREFIX_SHARE == pytest.approx(76801 / (76801 + 615568))
+    assert 0.11 < ETTA_PREFIX_SHARE < 0.112
+
+
+def test_etta_rule_keeps_the_prefixes_share():
+    """ETTA's l: the largest of the choices whose prefixes are at most
+    ETTA's share of the tuner parameters at the b that fills the budget
+    (l = 8 at 5% on the d = 128 demo detector, where l = 16 would take
+    13 %), or the smallest choice when even it takes more (the d = 96 ViT:
+    26 % at l = 8); the first rule (``prefix_share=None``) took the
+    largest l that fits (50 and 16), which gave the prefixes half of the
+    demo's budget."""
+    for (model_cfg, heads), arch in ((_demo(), 'deformable_detr'),
+                                     (_vit(), 'vit')):
+        spec = method_specs(arch)['etta']
+        p = plan_method(model_cfg, spec, 5, heads, 'etta')
+        assert p.knobs['l'] == 8, (arch, p.knobs)
+        share = _tuner_share(model_cfg, heads, arch, **p.knobs)
+        if arch == 'vit':  # none is lean enough: the fewest prefixes
+            assert share > ETTA_PREFIX_SHARE
+        else:
+            assert 0 < share <= ETTA_PREFIX_SHARE, (arch, share)
+        # the next choice up, at the b that fills the budget with it, is
+        # over the share: the rule did not stop early
+        up = plan_method(model_cfg, spec, 5, heads, 'etta',
+                         prefix_choices=(16, ))
+        assert up.knobs['l'] == 16 and up.knobs['b'] < p.knobs['b']
+        assert _tuner_share(model_cfg, heads, arch, **up.knobs) > \
+            ETTA_PREFIX_SHARE
+        first = plan_method(model_cfg, spec, 5, heads, 'etta',
+                            prefix_share=None)
+        assert first.knobs['l'] == {'deformable_detr': 50, 'vit': 16}[arch]
+    # a generous share keeps the largest l that fits
+    model_cfg, heads = _demo()
+    p = plan_method(model_cfg, method_specs('deformable_detr')['etta'], 5,
+                    heads, 'etta', prefix_share=0.9)
+    assert p.knobs['l'] == 50
+
+
+def test_plan_formula_keeps_the_prefixes_share():
+    """plan() (formula counts) follows the same rule as plan_method."""
+    model = build_inner_model(small_deformable_cfg())
+    (lean, ) = plan(model, [5])
+    share = lean.prefix_params / (lean.prefix_params + lean.adapter_params)
+    assert lean.num_prefix == 16 and share <= ETTA_PREFIX_SHARE
+    (up, ) = plan(model, [5], prefix_choices=(32, ))  # the next choice up
+    assert up.prefix_params / (up.prefix_params + up.adapter_params) > \
+        ETTA_PREFIX_SHARE
+    (first, ) = plan(model, [5], prefix_share=None)
+    assert first.num_prefix == 50 and first.num_prefix > lean.num_prefix
+    assert first.prefix_params / (first.prefix_params +
+                                  first.adapter_params) > ETTA_PREFIX_SHARE
 
 
 def test_methods_without_knob_report_their_share():
@@ -212,7 +266,7 @@ def test_plan_budget_cli_sizes_methods(tmp_path):
         method_specs('deformable_detr')['lora'], dict(r=rank), heads))
     assert rows['lora'][3:5] == [f'{built[0]:,}', f'{_pct(built):.3f}%']
     assert abs(_pct(built) - 5) < 0.2
-    assert rows['etta'][2:4] == ['b=103,', 'l=50']
+    assert rows['etta'][2:4] == ['b=166,', 'l=8']
     assert rows['bitfit'][2] == '–'
     bad = subprocess.run([sys.executable, str(tool), str(DEMO_ET),
                           '--methods', 'vpt-deep'], capture_output=True,

@@ -38,8 +38,8 @@ sys.path.insert(0, osp.join(ROOT, 'tools', 'demo'))
 
 import run_demo  # noqa: E402  (the demo's base training and runs)
 
-from mmpetl.injection.budget import (KnobPlan, PlanError,  # noqa: E402
-                                     method_specs, plan_method)
+from mmpetl.injection.budget import (  # noqa: E402
+    PLANNER_RULE, KnobPlan, PlanError, method_specs, plan_method)
 
 ET_CONFIG = 'et-deformable-detr_mnv2_demo-target.py'
 FULL_CONFIG = 'deformable-detr_mnv2_demo-target-full.py'
@@ -124,7 +124,8 @@ def plan_methods(args, methods):
     (sized for ``args.budget`` on the ET config's detector), None for a
     config run as is; ``failed``: method -> why it cannot be built. Plans
     are cached in ``<work-dir>/plans.json`` (keyed by the spec, the model
-    config, the heads and the budget)."""
+    config, the heads, the budget and the planner's rule,
+    :data:`~mmpetl.injection.budget.PLANNER_RULE`)."""
     from mmengine.config import Config
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'demo', ET_CONFIG))
     model_cfg = cfg.model.model.to_dict()
@@ -141,7 +142,8 @@ def plan_methods(args, methods):
             plans[method] = None
             continue
         key = json.dumps(dict(method=method, spec=spec, model=model_cfg,
-                              heads=heads, budget=args.budget),
+                              heads=heads, budget=args.budget,
+                              rule=PLANNER_RULE),
                          sort_keys=True, default=str)
         if key in cache:
             plans[method] = KnobPlan.from_dict(cache[key])
