@@ -55,7 +55,7 @@ COLLECTIONS = {
                 'every weight trains (the reference)'),
 }
 DEMO = {  # demo config -> (algorithm, accuracy_transfer.json method)
-    # the accuracy benchmark's etta is budget-sized (b=103, l=50), not this
+    # the accuracy benchmark's etta is budget-sized (b=166, l=8), not this
     # config's ETTA (b=128, l=32): no number of it belongs to this config
     'et-deformable-detr_mnv2_demo-target.py': ('etta', None),
     'deformable-detr_mnv2_demo-target-full.py': ('full-ft', 'full-ft'),
