@@ -53,12 +53,12 @@ METHODS = {
                    'logits + s·a·S, a = softmax(q P_kᵀ), plus the value '
                    "branch (form='steer+parallel'); MHA q' = q + s·a·P_q "
                    "(form='reweight+parallel')",
-                   'every FFN (b=192) and attention (l=50)'),
+                   'every FFN (b=296) and attention (l=8)'),
     'etta-reweight': ('ETTA-reweight (variant)',
                       "adapters in FFNs + q' = q + s·a·P_q, a = "
                       'softmax(q P_kᵀ): re-weights the frozen keys, plus the '
                       "value branch (form='reweight+parallel')",
-                      'every FFN (b=256) and attention (l=50)'),
+                      'every FFN (b=288) and attention (l=16)'),
     'utuning': ('U-Tuning, Dual-U-Tuner', 'OP(x) + U(x)',
                 'every attention and FFN, b=64'),
     'utuning-mha': ('U-Tuning, MHA-U-Tuner', 'Attn(x) + U(x)',

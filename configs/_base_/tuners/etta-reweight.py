@@ -7,9 +7,14 @@
 # such. init='balanced' (the default of this form): exact at init, every
 # non-scale tensor gets a gradient at step 0 (docs/methods.md). Measured
 # against ETTA and LoRA at one budget: benchmarks/README.md (accuracy).
+#
+# Budget: ETTA's rule (mmpetl.injection.budget: the prefixes keep at most
+# the paper's 11.1 % of the tuner parameters) at ~5 % of DETR R50 gives
+# l=16, b=288 (`tools/misc/plan_budget.py CONFIG --methods etta-reweight
+# --targets 5`; ViT-B/16: b=216; Conditional DETR: l=8, b=323).
 tuners = [
-    dict(type='ParallelAdapter', presets=['ffn'], bottleneck=256, scale=1.0),
-    dict(type='ScaledPrefix', presets=['attn'], num_prefix=50,
+    dict(type='ParallelAdapter', presets=['ffn'], bottleneck=288, scale=1.0),
+    dict(type='ScaledPrefix', presets=['attn'], num_prefix=16,
          form='reweight+parallel'),
 ]
 extra_trainable = []
