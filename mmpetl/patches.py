@@ -29,7 +29,7 @@ The patches (name: what changes, and why):
   ``mmcv.ops.multi_scale_deform_attn``: fp32 inside autocast (``--amp``),
   and off CUDA mmpetl's fallback that keeps only its inputs for backward
   (:mod:`mmpetl.ops.msda_fp32`).
-* ``focal_loss_fp32``: ``_sigmoid_focal_loss`` in
+* ``focal_loss_fp32``: ``sigmoid_focal_loss`` in
   ``mmdet.models.losses.focal_loss`` (MMCV's CUDA op, what MMDetection's
   ``FocalLoss`` calls on CUDA): fp32 logits when they come in fp16/bf16,
   the loss in fp32 (MMCV 2.1 has no bf16 kernel; :mod:`mmpetl.ops.
@@ -113,7 +113,7 @@ PATCHES: Dict[str, Patch] = {p.name: p for p in (
           'values is returned', patch_msda_fp32, unpatch_msda_fp32,
           msda_fp32_patched),
     Patch('focal_loss_fp32',
-          'mmdet.models.losses.focal_loss._sigmoid_focal_loss',
+          'mmdet.models.losses.focal_loss.sigmoid_focal_loss',
           "MMCV's sigmoid focal loss on fp32 logits when they come in "
           'fp16/bf16 (its CUDA kernel has no bf16: --amp bfloat16 '
           'failed)', patch_focal_loss_fp32, unpatch_focal_loss_fp32,

@@ -325,21 +325,20 @@ def test_history_buffer_state_round_trips():
     assert 'mean' in buffer._statistics_methods
 
 
-def _py_focal(input, target, gamma=2.0, alpha=0.25, weight=None,
-              reduction='mean'):
-    """A stand-in for MMCV's op (no CPU kernel) with its arguments, that
-    records what it was given."""
+def _py_focal(pred, target, weight=None, gamma=2.0, alpha=0.25,
+              reduction='mean', avg_factor=None):
+    """A stand-in for MMDetection's ``sigmoid_focal_loss`` (MMCV's op has
+    no CPU kernel), same arguments, that records what it was given."""
     from mmdet.models.losses.focal_loss import py_sigmoid_focal_loss
-    _py_focal.seen.append((input.dtype, torch.is_autocast_enabled('cpu')))
-    one_hot = torch.nn.functional.one_hot(target, input.size(1) + 1)
-    loss = py_sigmoid_focal_loss(input, one_hot[:, :-1].to(input.dtype),
-                                 None, gamma, alpha, 'none')
-    return loss.sum() if reduction == 'sum' else loss
+    _py_focal.seen.append((pred.dtype, torch.is_autocast_enabled('cpu')))
+    one_hot = torch.nn.functional.one_hot(target, pred.size(1) + 1)
+    return py_sigmoid_focal_loss(pred, one_hot[:, :-1].to(pred.dtype),
+                                 weight, gamma, alpha, reduction, avg_factor)
 
 
 def test_focal_loss_fp32_runs_half_logits_in_fp32():
     """MMCV's CUDA focal loss has no bf16 kernel (--amp bfloat16 raised on
-    an H200): the patched name gives it fp32 logits with autocast off, the
+    an H200): the patched function gets fp32 logits with autocast off, the
     loss in fp32, the gradient back in the logits' dtype; fp32 logits reach
     it as they are."""
     from mmpetl.ops import sigmoid_focal_loss_fp32
@@ -349,40 +348,41 @@ def test_focal_loss_fp32_runs_half_logits_in_fp32():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 4, generator=gen)
     target = torch.tensor([0, 1, 2, 3, 4, 1])  # 4: background
-    want = _py_focal(logits.double(), target).sum()
+    weight = torch.rand(6, generator=gen)
+    want = _py_focal(logits.double(), target, weight.double(), 2.0, 0.25,
+                     'sum')
     for dtype in (torch.bfloat16, torch.float16):
         _py_focal.seen = []
         half = logits.to(dtype).requires_grad_()
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            loss = run(half, target, 2.0, 0.25, None, 'none')
+            loss = run(half, target, weight.to(dtype), 2.0, 0.25, 'sum')
         assert _py_focal.seen == [(torch.float32, False)], dtype
         assert loss.dtype == torch.float32
-        loss.sum().backward()
+        loss.backward()
         assert half.grad.dtype == dtype and half.grad.abs().max() > 0
-        # fp32 on the half-precision logits: only their rounding differs
-        ref = _py_focal(half.detach().double(), target).sum()
-        torch.testing.assert_close(loss.sum().double(), ref, rtol=1e-6,
-                                   atol=1e-6)
+        # fp32 on the half-precision inputs: only their rounding differs
+        ref = _py_focal(half.detach().double(), target,
+                        weight.to(dtype).double(), 2.0, 0.25, 'sum')
+        torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-6)
         assert abs(float(ref - want)) < 0.05 * float(want)
     _py_focal.seen = []
-    full = logits.clone()
-    run(full, target, 2.0, 0.25, None, 'none')
+    run(logits.clone(), target, None, 2.0, 0.25, 'none')
     assert _py_focal.seen == [(torch.float32, False)]
 
 
-def test_focal_loss_fp32_patch_wraps_mmcvs_op_and_is_undone():
-    from mmcv.ops import sigmoid_focal_loss
+def test_focal_loss_fp32_patch_wraps_mmdets_function_and_is_undone():
     from mmdet.models.losses import focal_loss
 
     from mmpetl.ops import focal_loss_fp32_patched
     mmpetl.apply_patches(['focal_loss_fp32'])
     try:
-        assert focal_loss_fp32_patched()
-        assert focal_loss._sigmoid_focal_loss.original is sigmoid_focal_loss
+        original = focal_loss.sigmoid_focal_loss.original
+        assert focal_loss_fp32_patched() and callable(original)
+        assert original.__module__ == 'mmdet.models.losses.focal_loss'
         assert mmpetl.remove_patches(['focal_loss_fp32']) == [
             'focal_loss_fp32']
-        assert focal_loss._sigmoid_focal_loss is sigmoid_focal_loss
+        assert focal_loss.sigmoid_focal_loss is original
         assert not focal_loss_fp32_patched()
     finally:
         mmpetl.apply_patches(['focal_loss_fp32'])
-    assert focal_loss._sigmoid_focal_loss.original is sigmoid_focal_loss
+    assert focal_loss.sigmoid_focal_loss.original is original

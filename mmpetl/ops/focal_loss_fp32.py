@@ -13,14 +13,14 @@ bf16 under autocast) reach it, and every training step on a GPU raised
 Under fp16 the kernel runs, but computes the loss and its gradient in
 half precision.
 
-MMDetection's ``FocalLoss`` calls MMCV's op through the module-level name
-``_sigmoid_focal_loss`` of ``mmdet.models.losses.focal_loss``, on CUDA
-tensors only (its own PyTorch code runs off CUDA and is left alone). Once
-patched, that name runs MMCV's op with fp32 logits (and weight) whenever
-the logits are fp16 or bf16, with autocast off; other dtypes reach it as
-they are. The loss comes back in fp32, as autocast computes losses (it
-feeds no later layer); the gradient reaches the logits in their own dtype
-through the cast.
+MMDetection's ``FocalLoss`` reaches MMCV's op through the module-level
+function ``sigmoid_focal_loss`` of ``mmdet.models.losses.focal_loss``
+(looked up at each call), on CUDA tensors only (its own PyTorch code runs
+off CUDA and is left alone). Once patched, that name runs MMDetection's
+function with fp32 logits (and weight) whenever the logits are fp16 or
+bf16, with autocast off; other dtypes reach it as they are. The loss comes
+back in fp32, as autocast computes losses (it feeds no later layer); the
+gradient reaches the logits in their own dtype through the cast.
 """
 import sys
 
@@ -39,18 +39,19 @@ def _module():
 
 
 def sigmoid_focal_loss_fp32(original):
-    """``original`` (MMCV's ``sigmoid_focal_loss``, same arguments) on fp32
-    logits when they come in fp16 or bf16."""
+    """``original`` (MMDetection's ``sigmoid_focal_loss``, same arguments)
+    on fp32 logits when they come in fp16 or bf16."""
 
-    def run(input, target, gamma=2.0, alpha=0.25, weight=None,
-            reduction='mean'):
-        if input.dtype not in HALF:
-            return original(input, target, gamma, alpha, weight, reduction)
+    def run(pred, target, weight=None, gamma=2.0, alpha=0.25,
+            reduction='mean', avg_factor=None):
+        if pred.dtype not in HALF:
+            return original(pred, target, weight, gamma, alpha, reduction,
+                            avg_factor)
         if weight is not None and weight.is_floating_point():
             weight = weight.float()
-        with torch.autocast(device_type=input.device.type, enabled=False):
-            return original(input.float(), target, gamma, alpha, weight,
-                            reduction)
+        with torch.autocast(device_type=pred.device.type, enabled=False):
+            return original(pred.float(), target, weight, gamma, alpha,
+                            reduction, avg_factor)
 
     run.original = original
     return run
@@ -62,25 +63,25 @@ def focal_loss_fp32_patched() -> bool:
     nothing)."""
     module = sys.modules.get(MODULE)
     return module is not None and getattr(
-        module._sigmoid_focal_loss, 'original', None) is not None
+        module.sigmoid_focal_loss, 'original', None) is not None
 
 
 def patch_focal_loss_fp32() -> bool:
-    """Wrap ``mmdet.models.losses.focal_loss._sigmoid_focal_loss`` (see the
+    """Wrap ``mmdet.models.losses.focal_loss.sigmoid_focal_loss`` (see the
     module doc). Returns True if this call installed it."""
     module = _module()
     if focal_loss_fp32_patched():
         return False
-    module._sigmoid_focal_loss = sigmoid_focal_loss_fp32(
-        module._sigmoid_focal_loss)
+    module.sigmoid_focal_loss = sigmoid_focal_loss_fp32(
+        module.sigmoid_focal_loss)
     return True
 
 
 def unpatch_focal_loss_fp32() -> bool:
-    """Put MMDetection's ``_sigmoid_focal_loss`` (MMCV's op) back.
-    Returns True if it was patched."""
+    """Put MMDetection's ``sigmoid_focal_loss`` back. Returns True if it
+    was patched."""
     module = _module()
     if not focal_loss_fp32_patched():
         return False
-    module._sigmoid_focal_loss = module._sigmoid_focal_loss.original
+    module.sigmoid_focal_loss = module.sigmoid_focal_loss.original
     return True
