@@ -1,5 +1,6 @@
 """docs/methods.md's method tables are the tool's output for every shipped
 method; the README links the pages it summarises."""
+import json
 import re
 from pathlib import Path
 
@@ -24,6 +25,24 @@ def test_method_table_rows_cover_every_method_config():
     # counts, not placeholders: every applicable cell holds "<n>M (<p>%)"
     assert len(re.findall(r'\d+\.\d\dM \(\d+\.\d\d%\)', table)) == sum(
         len(paths) for paths in configs.values())
+
+
+def test_method_table_holds_the_measured_accuracy():
+    """The accuracy part of the method tables is the accuracy benchmarks'
+    JSON as it is now (rerun ``method_table.py --write`` after them)."""
+    tool = load_tool('tools/misc/method_table.py')
+    doc = (ROOT / tool.DOC).read_text()
+    accuracy = tool.accuracy_table()
+    assert accuracy in doc, f'{tool.DOC}: stale accuracy table: run ' \
+        f'tools/misc/method_table.py --write'
+    # every benchmarked method has a row, with numbers in it
+    for path, _ in tool.ACCURACY:
+        rows = json.loads((ROOT / path).read_text())['rows']
+        for r in rows:
+            name = tool.FORMS.get(r['method']) or \
+                tool.METHODS[r['method']][0]
+            assert f"| {name} |" in accuracy
+            assert f"{r['mean']:.3f} ± {r['std']:.3f}" in accuracy
 
 
 def test_readme_links_resolve():

@@ -4,13 +4,16 @@
 
 Builds each config in configs/methods/ (full-size models, no data, no
 downloads) and counts its trainable parameters; with --write the tables
-replace those between the method-table markers of docs/methods.md. Two
-tables: every method on DETR, Deformable DETR and ViT-B/16, and the methods
+replace those between the method-table markers of docs/methods.md. Three
+tables: every method on DETR, Deformable DETR and ViT-B/16, the methods
 shipped for the rest of the DETR family (DINO R50 and Swin-L, Conditional
-DETR, DAB-DETR).
+DETR, DAB-DETR), and every method's measured accuracy at one budget with
+its accuracy per trainable % (read from the accuracy benchmarks' JSON in
+benchmarks/results/cpu/).
 """
 import argparse
 import glob
+import json
 import os.path as osp
 import re
 import sys
@@ -80,6 +83,13 @@ METHODS = {
                  'every ViT layer, 10 prompts'),
 }
 START, END = '<!-- method-table:start -->', '<!-- method-table:end -->'
+#: the accuracy benchmarks' results: (file, what the value is)
+ACCURACY = [('benchmarks/results/cpu/accuracy_transfer.json',
+             'detection mAP'),
+            ('benchmarks/results/cpu/vit_accuracy_transfer.json',
+             'ViT top-1')]
+#: benchmark methods that are forms of a METHODS row
+FORMS = {'etta-joint': "ETTA, joint form (form='joint')"}
 DOC = osp.join('docs', 'methods.md')
 
 
@@ -133,6 +143,48 @@ def build_table(archs=ARCHS, only_shipped=False):
     return '\n'.join(rows)
 
 
+def accuracy_table(root=ROOT):
+    """Every benchmarked method: its size, trainable %, accuracy (mean ±
+    std over seeds) and accuracy per trainable %, on each transfer."""
+    results = []
+    for path, what in ACCURACY:
+        with open(osp.join(root, path)) as f:
+            data = json.load(f)
+        results.append((what, {r['method']: r for r in data['rows']},
+                        data['header']['budget'].split(':')[0]))
+    methods = []
+    for _, rows, _ in results:
+        methods += [m for m in rows if m not in methods]
+    head = ['method']
+    for what, _, _ in results:
+        head += [f'{what}: size, trainable %', 'mean ± std',
+                 'per trainable %']
+    lines = ['| ' + ' | '.join(head) + ' |',
+             '|---' + '|---|---:|---:' * len(results) + '|']
+    seeds = set()
+    for method in methods:
+        cells = [FORMS.get(method) or METHODS.get(method, (method, ))[0]]
+        for _, rows, _ in results:
+            r = rows.get(method)
+            if r is None:
+                cells += ['n/a'] * 3
+                continue
+            seeds.add(len(r['seeds']))
+            per = r.get('map_per_pct', r.get('top1_per_pct'))
+            cells += [f"{r['size']}, {r['trainable_pct']:.2f}%",
+                      f"{r['mean']:.3f} ± {r['std']:.3f}", f'{per:.4f}']
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    budgets = sorted({b for _, _, b in results})
+    count = f'{min(seeds)}' if len(seeds) == 1 else \
+        f'{min(seeds)}-{max(seeds)}'
+    return ('Measured at one budget (' + ', '.join(budgets) +
+            f'; {count} seeds; '
+            'the d = 128 demo detector and the d = 96 ViT, not the models '
+            'above; [benchmarks/README.md](../benchmarks/README.md'
+            '#measured-results) has dates, commands and every seed):\n\n' +
+            '\n'.join(lines))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--write', action='store_true',
@@ -158,7 +210,7 @@ def main():
              '\n\nTrainable parameters (and % of all '
              'parameters), counted by `tools/misc/method_table.py` from '
              '`configs/methods/`; n/a: the method does not apply (VPT needs a '
-             "ViT's token sequence).")
+             "ViT's token sequence).\n\n" + accuracy_table())
     print(table)
     if args.write:
         doc = osp.join(ROOT, DOC)
