@@ -41,15 +41,15 @@ def test_benchmark_runs_and_reports_each_method(tmp_path):
     # budget-matched (default 5%): each knob sized on this d=96 ViT
     runs = {r['method']: r for r in result['runs']}
     assert runs['vpt-deep']['knobs'] == {'p': 61}  # 4 layers x 61 x 96
-    assert runs['etta']['knobs'] == {'b': 14, 'l': 16}
+    assert runs['etta']['knobs'] == {'b': 22, 'l': 8}
     assert runs['full-ft']['size'] == '–' and runs['etta']['budget'] == 5.0
     for method in ('vpt-deep', 'etta'):
         assert abs(rows[method]['trainable_pct'] - 5.0) < 0.1
         assert rows[method]['top1_per_pct'] == (
             rows[method]['mean'] / rows[method]['trainable_pct'])
-    assert result['header']['sizes']['etta']['size'] == 'b=14, l=16'
+    assert result['header']['sizes']['etta']['size'] == 'b=22, l=8'
     table = (out / 'vit_accuracy_transfer.md').read_text()
-    assert '| etta | b=14, l=16 |' in table and '| vpt-deep | p=61 |' in \
+    assert '| etta | b=22, l=8 |' in table and '| vpt-deep | p=61 |' in \
         table and '| top-1 per trainable % |' in table
     assert all(0.0 <= r['mean'] <= 1.0 for r in rows.values())
     assert (tmp_path / 'w' / 'vit_source_3.pth').exists()  # cached base
