@@ -9,9 +9,11 @@ heads:
 * DETR / Deformable DETR: ``extract_feat`` (backbone + neck) and
   ``forward_transformer`` (encoder + decoder) run in ``torch.no_grad``.
   The official UniPT (default) reads the encoder layers' outputs (forward
-  hooks on ``encoder.layers``; Deformable DETR's multi-scale tokens
-  flattened as the encoder sees them) with the encoder's
-  ``key_padding_mask`` (a pre-hook on the encoder) and the decoder's
+  hooks on ``encoder.layers``; of Deformable DETR's multi-scale tokens,
+  flattened as the encoder sees them, those of the levels with stride
+  >= ``enc_min_stride``, copied out so that the full outputs are freed)
+  with the encoder's ``key_padding_mask`` (a pre-hook on the encoder,
+  which also reads the levels' ``spatial_shapes``) and the decoder's
   per-layer hidden states ``(L, B, num_queries, d)``; it rewrites the
   decoder layers it reads (every other + last) and the heads read those.
   ``variant='v1'`` reads the decoder states only; the bbox head supervises
@@ -24,8 +26,13 @@ heads:
   outputs of ``backbone.layers.l`` (all tokens, before the final norm).
   The official network's anchor is the backbone's output (class token,
   token mean, feature map or raw tokens, as tokens); its output goes back
-  in the same layout. v1 adds the last layer's token correction, brought
-  to the backbone's output type, to the last backbone output.
+  in the same layout. With ``features='recompute'`` a training forward
+  captures nothing: the backbone runs once for the anchor, then again
+  (from the same random state) once per pass of the network, which takes
+  each layer's output as it comes
+  (:meth:`~mmpetl.tuners.unipt.UniPTViT.forward_streamed`); inference
+  runs the one-pass path. v1 adds the last layer's token correction,
+  brought to the backbone's output type, to the last backbone output.
 
 The replaced methods are partials of module-level functions that look up
 ``host.unipt``: a deepcopy of the model (e.g. an EMA copy) calls the copied
@@ -50,7 +57,7 @@ Limitations:
   through the frozen neck with autograd).
 """
 import functools
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -216,23 +223,35 @@ def _detr_forward_transformer(host: nn.Module, img_feats,
 def _detr_forward_official(host: nn.Module, img_feats,
                            batch_data_samples=None) -> Dict:
     """Encoder + decoder without autograd, their layers' outputs and the
-    encoder's key padding mask captured; the official UniPT's hidden
-    states (decoder layers it reads rewritten) go to the heads."""
+    encoder's key padding mask captured (the tokens of the levels the
+    network reads, see :func:`_encoder_tokens`); the official UniPT's
+    hidden states (decoder layers it reads rewritten) go to the heads."""
     encoder, unipt = host.encoder, host.unipt
     num = len(encoder.layers)
-    # only the layers read are kept (None for the others): the frozen
-    # forward holds no more than it must
+    # only the layers read are kept (None for the others), and of those
+    # only the tokens read: the frozen forward holds no more than it must
     read = set(unipt.enc_layers + [num - 1]) if unipt.cross_attention \
         else set()
     captured: List[torch.Tensor] = []
     masks: List[torch.Tensor] = []
+    select: List = []
 
     def keep_mask(module, args, kwargs):
-        masks.append(kwargs.get('key_padding_mask'))
+        index = _encoder_tokens(unipt, kwargs, batch_data_samples)
+        select.append(index)
+        mask = kwargs.get('key_padding_mask')
+        masks.append(mask if index is None or mask is None else
+                     mask.index_select(1, index))
 
-    def keep(index):
-        return lambda m, a, out: captured.append(
-            out if index in read else None)
+    def keep(i):
+        def hook(module, args, out):
+            if i not in read:
+                captured.append(None)
+            elif select and select[-1] is not None:
+                captured.append(out.index_select(1, select[-1]))  # a copy
+            else:
+                captured.append(out)
+        return hook
 
     handles = [encoder.register_forward_pre_hook(keep_mask,
                                                  with_kwargs=True)]
@@ -260,6 +279,47 @@ def _detr_forward_official(host: nn.Module, img_feats,
         unipt.record_change(hidden, new - hidden)
     head_inputs['hidden_states'] = new
     return head_inputs
+
+
+def _encoder_tokens(unipt: nn.Module, kwargs: Dict, batch_data_samples
+                    ) -> Optional[torch.Tensor]:
+    """Indices of the flattened encoder tokens UniPT reads: those of the
+    feature levels with stride >= ``unipt.enc_min_stride``; None: all (no
+    minimum, or a single-scale encoder such as DETR's).
+
+    A level of stride s over a padded batch of height H has ceil(H / s)
+    rows; the levels' sizes come from the encoder call's
+    ``spatial_shapes`` (Deformable DETR), H from the batch's
+    ``batch_input_shape``.
+    """
+    min_stride = getattr(unipt, 'enc_min_stride', None)
+    shapes = kwargs.get('spatial_shapes')
+    if min_stride is None or shapes is None or len(shapes) < 2:
+        return None
+    if not batch_data_samples or 'batch_input_shape' not in \
+            batch_data_samples[0].metainfo:
+        raise TunerHostError(
+            'UniPT: enc_min_stride needs the padded batch size '
+            '(data samples with batch_input_shape, set by MMDet\'s '
+            'DetDataPreprocessor); pass the data samples, or build UniPT '
+            'with enc_min_stride=None to read every level.')
+    height, width = batch_data_samples[0].metainfo['batch_input_shape']
+    rows, cols = -(-height // min_stride), -(-width // min_stride)
+    sizes = [(int(h), int(w)) for h, w in shapes.tolist()]
+    start, ranges = 0, []
+    for h, w in sizes:
+        if h <= rows and w <= cols:
+            ranges.append(torch.arange(start, start + h * w))
+        start += h * w
+    if not ranges:
+        strides = [round(height / h) for h, _ in sizes]
+        raise TunerHostError(
+            f'UniPT: enc_min_stride={min_stride} selects no encoder level '
+            f'(level strides ~{strides} for a {height}x{width} batch); '
+            f'lower it, or set enc_min_stride=None to read every level.')
+    if len(ranges) == len(sizes):
+        return None
+    return torch.cat(ranges).to(shapes.device)
 
 
 def _frozen_vit(backbone: nn.Module, inputs: torch.Tensor,
@@ -308,19 +368,67 @@ def _vit_extract_feat_official(host: nn.Module, inputs: torch.Tensor,
     """ViT backbone without autograd (the embeddings and every block's
     output captured); the official UniPT turns the last backbone output
     (its anchor) into what the head reads."""
-    backbone = host.backbone
-    outs, captured = _frozen_vit(backbone, inputs, embeddings=True)
-    anchor = _as_tokens(backbone, outs[-1])
-    new = host.unipt(captured, anchor,
-                     functools.partial(_align, backbone))
-    if host.unipt.recording:
-        host.unipt.record_change(anchor, new - anchor)
+    backbone, unipt = host.backbone, host.unipt
+    align = functools.partial(_align, backbone)
+    if getattr(unipt, 'features', 'keep') == 'recompute' and \
+            torch.is_grad_enabled() and any(
+                p.requires_grad for p in unipt.parameters()):
+        # training: no feature kept for backward (inference keeps the
+        # one-pass path: nothing is kept for a backward there anyway)
+        rng = _rng_state(inputs.device)
+        with torch.no_grad():  # the anchor; no feature kept
+            outs = backbone(inputs)
+        anchor = _as_tokens(backbone, outs[-1])
+        new = unipt.forward_streamed(
+            anchor, align,
+            functools.partial(_stream_vit, backbone, inputs, rng))
+    else:
+        outs, captured = _frozen_vit(backbone, inputs, embeddings=True)
+        anchor = _as_tokens(backbone, outs[-1])
+        new = unipt(captured, anchor, align)
+    if unipt.recording:
+        unipt.record_change(anchor, new - anchor)
     out = _from_tokens(backbone, new, outs[-1])
     outs = tuple(outs[:-1]) + (out, )
     assert stage in ('backbone', 'neck', 'pre_logits'), stage
     if stage in ('backbone', 'neck'):  # no neck (checked)
         return outs
     return host.head.pre_logits(outs)
+
+
+def _rng_state(device: torch.device) -> Dict:
+    """The random state a frozen forward starts from (its dropout / drop
+    path draws), to replay it."""
+    state = dict(cpu=torch.get_rng_state())
+    if device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    return dict(state, device=device)
+
+
+def _stream_vit(backbone: nn.Module, inputs: torch.Tensor, rng: Dict,
+                take) -> None:
+    """Run the frozen ViT again, without autograd and from the random
+    state ``rng`` (the same draws, so the same features), calling
+    ``take(0, embeddings)`` and ``take(l + 1, output of block l)`` as each
+    is ready; nothing is kept. The caller's random state is untouched."""
+    device = rng['device']
+    cuda = [device] if 'cuda' in rng else []
+    handles = [backbone.layers[0].register_forward_pre_hook(
+        lambda m, args: take(0, args[0]))]
+    handles += [
+        layer.register_forward_hook(
+            lambda m, a, out, i=i: take(i + 1, out))
+        for i, layer in enumerate(backbone.layers)
+    ]
+    try:
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            torch.set_rng_state(rng['cpu'])
+            if cuda:
+                torch.cuda.set_rng_state(rng['cuda'], device)
+            backbone(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _as_tokens(backbone: nn.Module, out: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,9 @@ c are the same tokens), ``D(x) = LN(Linear(x))`` and
 
 * DETR family. Layers read: every other layer and the last one (the
   official {1, 3, 5} + 6 of 6 layers; ``layers='all'``: every layer).
-  Encoder side, over the encoder tokens (multi-scale ones flattened,
-  padding masked out)::
+  Encoder side, over the encoder tokens of the levels with stride >=
+  ``enc_min_stride`` (default 32: the authors' MDETR encoder sees one
+  stride-32 map; multi-scale ones flattened, padding masked out)::
 
       A   = D_0(enc_last);  T_l = D_l(enc_l)
       c_l = softmax_l(gate(mean(A) * mean(T_l)))      per image
@@ -56,7 +57,14 @@ is model surgery: :mod:`mmpetl.models.parallel`.
 Memory: the official network runs under activation checkpointing
 (``checkpoint=True``): autograd keeps the frozen features it reads (kept
 anyway) and its outputs, and recomputes the rest in backward; no
-``N_enc x N_enc`` tensor exists unless ``encoder_mix=True``.
+``N_enc x N_enc`` tensor exists unless ``encoder_mix=True``. The DETR form
+reads the coarse encoder levels only (``enc_min_stride``), so the features
+kept are a few percent of the fine levels'. The ViT form with
+``features='recompute'`` keeps none: each layer enters the network only
+through a small summary (its mix with the anchor and its token mean), so
+the frozen ViT runs again and the network takes each layer's summary, and
+in backward its gradient, as that layer finishes
+(:meth:`UniPTViT.forward_streamed`).
 
 v1 parameters (``L`` layers read, width ``d``, bottleneck ``r``)::
 
@@ -77,6 +85,7 @@ __all__ = ['UniPT', 'UniPTV1', 'UniPTDetr', 'UniPTViT', 'mix',
            'read_layers']
 
 VARIANTS = ('official', 'v1')
+FEATURES = ('keep', 'recompute')
 FORMS = ('detr', 'vit')
 
 
@@ -115,6 +124,17 @@ class UniPT(BaseTuner):
                     f'default).')
             cls = UniPTV1 if variant == 'v1' else (
                 UniPTViT if form == 'vit' else UniPTDetr)
+            import inspect
+            foreign = sorted(set(kwargs) - set(
+                inspect.signature(cls.__init__).parameters))
+            if foreign and set(foreign) <= set(UniPT.extra_config_args):
+                raise ValueError(
+                    f'UniPT: {foreign} are not arguments of the '
+                    f'{cls.variant} design for the model given '
+                    f"(form={getattr(cls, 'form', None)!r}; "
+                    f"features='recompute' is the ViT form's, "
+                    f'enc_min_stride and the decoder arguments the DETR '
+                    f"form's): drop them from `parallel`.")
         return super().__new__(cls)
 
     # -- construction -----------------------------------------------------
@@ -215,13 +235,22 @@ class _Aggregate(nn.Module):
 
     def forward(self, anchor, targets, mixed, mask=None, residual=True):
         if self.per_image:
-            a = _mean(anchor, mask)
-            scores = torch.cat([self.gate(a * _mean(t, mask))
-                                for t in targets], dim=1)  # (B, n)
-            weights = scores.softmax(dim=1)[:, :, None, None]
-        else:  # per token: (B, n, N, 1)
-            weights = torch.stack([self.gate(anchor * t) for t in targets],
-                                  dim=1).softmax(dim=1)
+            return self.combine(anchor, [_mean(t, mask) for t in targets],
+                                mixed, mask, residual)
+        # per token: (B, n, N, 1)
+        weights = torch.stack([self.gate(anchor * t) for t in targets],
+                              dim=1).softmax(dim=1)
+        merged = (weights * torch.stack(mixed, dim=1)).sum(dim=1)
+        return anchor + self.proj(merged) if residual else self.proj(merged)
+
+    def combine(self, anchor, target_means, mixed, mask=None,
+                residual=True):
+        """The per-image form from the targets' token means (B, r) alone:
+        what a network that never holds every target at once needs."""
+        a = _mean(anchor, mask)
+        scores = torch.cat([self.gate(a * m) for m in target_means],
+                           dim=1)  # (B, n)
+        weights = scores.softmax(dim=1)[:, :, None, None]
         merged = (weights * torch.stack(mixed, dim=1)).sum(dim=1)
         return anchor + self.proj(merged) if residual else self.proj(merged)
 
@@ -378,6 +407,14 @@ class UniPTDetr(UniPT):
             down-projections.
         checkpoint (bool): recompute the network in backward (keeps only
             its inputs and outputs for backward).
+        enc_min_stride (int, optional): read the encoder tokens of the
+            feature levels whose stride is at least this (default 32: the
+            authors' MDETR encoder sees one stride-32 map, ResNet's C5;
+            Deformable DETR's finer levels, ~95 % of its tokens at
+            800x1333, are left out of the side memory and never kept);
+            None: every level. A single-scale encoder (DETR) is read
+            whole. Applied by the model surgery
+            (:mod:`mmpetl.models.parallel`), which knows the levels.
     """
 
     form = 'detr'
@@ -388,10 +425,14 @@ class UniPTDetr(UniPT):
                  cross_attention: bool = True, encoder_mix: bool = False,
                  mlp: bool = True, mix: str = 'relu_l1', gate: str = 'image',
                  layers: str = 'every_other', norm: str = 'after',
-                 checkpoint: bool = True, variant: str = 'official',
-                 form: str = 'detr') -> None:
+                 checkpoint: bool = True,
+                 enc_min_stride: Optional[int] = 32,
+                 variant: str = 'official', form: str = 'detr') -> None:
         super().__init__()
         _official_args(variant, bottleneck, output, mix, gate, layers)
+        if enc_min_stride is not None:
+            check_positive_int('enc_min_stride', enc_min_stride, 'UniPT')
+        self.enc_min_stride = enc_min_stride
         num_encoder_layers = num_encoder_layers or num_layers
         for name, value in (('num_layers', num_layers),
                             ('num_encoder_layers', num_encoder_layers)):
@@ -497,9 +538,11 @@ class UniPTDetr(UniPT):
         return out
 
     def describe(self) -> Dict[str, object]:
+        levels = 'all levels' if self.enc_min_stride is None else \
+            f'stride >= {self.enc_min_stride}'
         return dict(variant='official', width=self.bottleneck,
-                    output=self.output, reads=f'enc {self.enc_layers}+last, '
-                    f'dec {self.dec_layers}+last')
+                    output=self.output, reads=f'enc {self.enc_layers}+last '
+                    f'({levels}), dec {self.dec_layers}+last')
 
 
 class UniPTViT(UniPT):
@@ -517,7 +560,17 @@ class UniPTViT(UniPT):
             at zero (exact at init); ``'replace'``: the authors' default
             init (their output adds the anchor too).
         mix (str): as :class:`UniPTDetr`; one confidence per image.
-        checkpoint (bool): recompute the network in backward.
+        checkpoint (bool): recompute the network in backward
+            (``features='keep'``).
+        features (str): ``'keep'`` (default): autograd keeps the frozen
+            features read (every block's tokens) for the backward;
+            ``'recompute'``: nothing of them is kept: the model surgery
+            runs the frozen backbone three times (the anchor; each layer's
+            side summary as that layer finishes; the same again in
+            backward, each layer's gradient as it finishes, the random
+            state replayed), so training memory stays at the heads-only
+            floor for ~3x the frozen forward's compute. Same outputs and
+            gradients (:meth:`forward_streamed`).
     """
 
     form = 'vit'
@@ -525,14 +578,18 @@ class UniPTViT(UniPT):
     def __init__(self, dims: int, num_layers: int,
                  bottleneck: Optional[int] = None, output: str = 'residual',
                  mix: str = 'relu_l1', checkpoint: bool = True,
-                 variant: str = 'official', form: str = 'vit') -> None:
+                 features: str = 'keep', variant: str = 'official',
+                 form: str = 'vit') -> None:
         super().__init__()
         _official_args(variant, bottleneck, output, mix, 'image', 'all')
         check_positive_int('num_layers', num_layers, 'UniPT')
+        if features not in FEATURES:
+            raise ValueError(f'UniPT: features must be one of {FEATURES}, '
+                             f'got {features!r}')
         width = bottleneck or dims // 2
         self.dims, self.num_layers, self.bottleneck = dims, num_layers, width
         self.output, self.mix_kind = output, mix
-        self.use_checkpoint = checkpoint
+        self.use_checkpoint, self.features = checkpoint, features
         self.anchor_down = nn.Sequential(nn.ReLU(), nn.Linear(dims, width))
         self.downs = nn.ModuleList(
             nn.Sequential(nn.ReLU(), nn.Linear(dims, width))
@@ -564,16 +621,113 @@ class UniPTViT(UniPT):
                               preserve_rng_state=False)
         return fn(anchor, *feats)
 
+    def forward_streamed(self, anchor: torch.Tensor,
+                         align: Callable[[torch.Tensor], torch.Tensor],
+                         stream: Callable[[Callable], None]) -> torch.Tensor:
+        """What :meth:`forward` computes, from features that are never
+        all alive at once (``features='recompute'``).
+
+        Each layer enters only through its side summary: its mix with
+        the anchor (B, Na, r) and its token mean (B, r). ``stream(take)``
+        runs the frozen model once, calling ``take(l, h_l)`` as layer l's
+        feature is ready (no autograd, the same values on every call);
+        it runs once here and once more in backward, where each layer's
+        gradient is taken as its feature comes back.
+
+        Args:
+            anchor (Tensor): (B, Na, d), as in :meth:`forward`.
+            align (callable): as in :meth:`forward`.
+            stream (callable): see above.
+        """
+        a = self.anchor_down(anchor)
+        params = tuple(self.downs.parameters())
+        if torch.is_grad_enabled() and (a.requires_grad or any(
+                p.requires_grad for p in params)):
+            ms, means = _StreamedLayers.apply(self, stream, align, a,
+                                              *params)
+        else:
+            ms, means = _summaries(self, stream, align, a)
+        return self._combine(anchor, a, ms.unbind(0), means.unbind(0))
+
+    def layer_summary(self, index: int, a: torch.Tensor, h: torch.Tensor,
+                      align: Callable) -> tuple:
+        """Layer ``index``'s ``(m_l, mean(T_l))``: all the network needs
+        of it, ``m_l = mix(A, T_l) + align(T_l)``, ``T_l = D_l(h_l)``."""
+        t = self.downs[index](h)
+        return (mix(a, t, None, False, self.mix_kind) + align(t),
+                _mean(t, None))
+
+    def _combine(self, anchor, a, ms, means):
+        return anchor + self.up(self.agg.combine(a, means, ms,
+                                                 residual=False))
+
     def _side(self, anchor, align, feats):
         a = self.anchor_down(anchor)
-        targets = [down(h) for down, h in zip(self.downs, feats)]
-        mixed = [mix(a, t, None, False, self.mix_kind) + align(t)
-                 for t in targets]
-        return anchor + self.up(self.agg(a, targets, mixed, residual=False))
+        parts = [self.layer_summary(i, a, h, align)
+                 for i, h in enumerate(feats)]
+        return self._combine(anchor, a, [m for m, _ in parts],
+                             [mean for _, mean in parts])
 
     def describe(self) -> Dict[str, object]:
         return dict(variant='official', width=self.bottleneck,
-                    output=self.output, layers=self.num_layers)
+                    output=self.output, layers=self.num_layers,
+                    features=self.features)
+
+
+def _summaries(net: UniPTViT, stream: Callable, align: Callable,
+               a: torch.Tensor) -> tuple:
+    """Every layer's side summary, stacked: (L, B, Na, r), (L, B, r)."""
+    parts: Dict[int, tuple] = {}
+
+    def take(index, h):
+        parts[index] = net.layer_summary(index, a, h, align)
+
+    stream(take)
+    if sorted(parts) != list(range(net.num_layers)):
+        raise ValueError(f'UniPT was built for {net.num_layers} layers, '
+                         f'the frozen model gave features of layers '
+                         f'{sorted(parts)}')
+    return (torch.stack([parts[i][0] for i in range(net.num_layers)]),
+            torch.stack([parts[i][1] for i in range(net.num_layers)]))
+
+
+class _StreamedLayers(torch.autograd.Function):
+    """The per-layer side summaries, their backward taken layer by layer
+    as the frozen model runs again: no frozen feature is kept."""
+
+    @staticmethod
+    def forward(ctx, net, stream, align, a, *params):
+        ctx.net, ctx.stream, ctx.align = net, stream, align
+        ctx.save_for_backward(a)
+        return _summaries(net, stream, align, a)
+
+    @staticmethod
+    def backward(ctx, grad_ms, grad_means):
+        a, = ctx.saved_tensors
+        net = ctx.net
+        params = list(net.downs.parameters())
+        slot = {id(p): i for i, p in enumerate(params)}
+        grads: List[Optional[torch.Tensor]] = [None] * len(params)
+        grad_a = torch.zeros_like(a)
+
+        def take(index, h):
+            mine = [p for p in net.downs[index].parameters()
+                    if p.requires_grad]
+            with torch.enable_grad():
+                leaf = a.detach().requires_grad_()
+                outs = net.layer_summary(index, leaf, h, ctx.align)
+                got = torch.autograd.grad(
+                    outs, [leaf] + mine,
+                    (grad_ms[index], grad_means[index]), allow_unused=True)
+            if got[0] is not None:
+                grad_a.add_(got[0])
+            for p, g in zip(mine, got[1:]):
+                if g is not None:
+                    grads[slot[id(p)]] = g
+
+        ctx.stream(take)
+        return (None, None, None, grad_a if ctx.needs_input_grad[3] else
+                None, *grads)
 
 
 def _config_args() -> tuple:

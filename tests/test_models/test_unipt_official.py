@@ -152,7 +152,8 @@ def test_what_autograd_keeps_stays_bounded(use_checkpoint):
 
 
 def build(arch, parallel, **kwargs):
-    cfg = SMALL_CFGS[arch]() if arch in SMALL_CFGS else arch
+    cfg = SMALL_CFGS[arch]() if isinstance(arch, str) and \
+        arch in SMALL_CFGS else arch
     torch.manual_seed(0)
     vanilla = build_inner_model(cfg)
     vanilla.init_weights()
@@ -163,8 +164,11 @@ def build(arch, parallel, **kwargs):
     return petl.eval()
 
 
-def test_deformable_reads_every_encoder_layer_and_its_multiscale_mask():
-    petl = build('deformable_detr', dict(type='UniPT', output='replace'))
+def _deformable_reads(min_stride, img_shape):
+    parallel = dict(type='UniPT', output='replace')
+    if min_stride != 'default':
+        parallel['enc_min_stride'] = min_stride
+    petl = build('deformable_detr', parallel)
     seen = {}
     forward = petl.unipt.forward
 
@@ -174,9 +178,14 @@ def test_deformable_reads_every_encoder_layer_and_its_multiscale_mask():
 
     petl.unipt.forward = spy
     inputs, samples = det_batch()
-    samples[1].set_metainfo(dict(img_shape=(40, 64)))  # bottom rows padded
+    samples[1].set_metainfo(dict(img_shape=img_shape))  # bottom rows padded
     with torch.no_grad():
         petl(inputs, samples, mode='tensor')
+    return seen
+
+
+def test_deformable_reads_every_encoder_layer_and_its_multiscale_mask():
+    seen = _deformable_reads(None, (40, 64))
     assert len(seen['enc']) == 2 and seen['dec'].shape[0] == 2
     tokens = seen['enc'][0].shape[1]
     # 64x64 input, strides 8..64: the four levels flattened
@@ -185,6 +194,49 @@ def test_deformable_reads_every_encoder_layer_and_its_multiscale_mask():
     assert not seen['mask'][0].any() and seen['mask'][1].any()
     assert all(h.grad_fn is None and not h.requires_grad
                for h in seen['enc'])
+
+
+@pytest.mark.parametrize('min_stride', ['default', 32, 16])
+def test_deformable_reads_the_coarse_levels_only(min_stride):
+    """By default (enc_min_stride=32, MDETR's C5) the side network reads
+    the stride-32 and -64 levels: the last 2x2 + 1x1 tokens of the
+    flattened four, with their padding mask, as copies (the full encoder
+    outputs are not kept)."""
+    full = _deformable_reads(None, (24, 64))
+    seen = _deformable_reads(min_stride, (24, 64))
+    first = {'default': 8 * 8 + 4 * 4, 32: 8 * 8 + 4 * 4, 16: 8 * 8}[
+        min_stride]
+    for h, ref in zip(seen['enc'], full['enc']):
+        assert h.shape[1] == 80 + 5 - first
+        torch.testing.assert_close(h, ref[:, first:], atol=0, rtol=0)
+        assert h.untyped_storage().nbytes() == h.numel() * h.element_size()
+    assert torch.equal(seen['mask'], full['mask'][:, first:])
+    assert seen['mask'][1].any()  # image 1's padded rows still masked
+    torch.testing.assert_close(seen['dec'], full['dec'])
+
+
+def test_deformable_level_choice_and_refusals():
+    from mmengine.structures import BaseDataElement
+
+    from mmpetl.models.parallel import _encoder_tokens
+    net = UniPT(D, 6)
+    # 800x1333 padded to 800x1344: levels of stride 8, 16, 32, 64
+    shapes = torch.tensor([[100, 168], [50, 84], [25, 42], [13, 21]])
+    kwargs = dict(spatial_shapes=shapes)
+    samples = [BaseDataElement(metainfo=dict(batch_input_shape=(800, 1344)))]
+    index = _encoder_tokens(net, kwargs, samples)
+    start = 100 * 168 + 50 * 84
+    assert torch.equal(index, torch.arange(start, start + 25 * 42 + 13 * 21))
+    net.enc_min_stride = 8  # every level: no selection
+    assert _encoder_tokens(net, kwargs, samples) is None
+    net.enc_min_stride = 128
+    with pytest.raises(TunerHostError, match='selects no encoder level'):
+        _encoder_tokens(net, kwargs, samples)
+    net.enc_min_stride = 32
+    with pytest.raises(TunerHostError, match='batch_input_shape'):
+        _encoder_tokens(net, kwargs, [BaseDataElement()])
+    with pytest.raises(ValueError, match='enc_min_stride'):
+        UniPT(D, 6, enc_min_stride=0)
 
 
 def test_vit_reads_embeddings_and_every_block():
@@ -238,6 +290,14 @@ def test_refusals():
         UniPT(D, 6, output='add')
     with pytest.raises(ValueError, match='variant must be one of'):
         UniPT(D, 6, variant='v2')
+    # an argument of the other form names itself, not a TypeError
+    with pytest.raises(ValueError, match=r"\['features'\] are not"):
+        UniPT(D, 6, features='recompute')
+    with pytest.raises(ValueError, match=r"\['enc_min_stride'\] are not"):
+        UniPT(D, 13, form='vit', enc_min_stride=32)
+    with pytest.raises(ValueError, match="features='recompute' is the ViT"):
+        PETLModel(model=small_deformable_cfg(),
+                  parallel=dict(type='UniPT', features='recompute'))
     with pytest.raises(TunerHostError, match='two-stage'):
         PETLModel(model=small_deformable_cfg(with_box_refine=True,
                                              as_two_stage=True),
@@ -246,3 +306,65 @@ def test_refusals():
     cfg['neck'] = dict(type='GlobalAveragePooling')
     with pytest.raises(TunerHostError, match='with a neck'):
         PETLModel(model=cfg, parallel=dict(type='UniPT'), trainable=['head'])
+
+
+def _vit_step(features, seed=3):
+    """Loss, gradients and the random state after one training forward +
+    backward of a UniPT ViT moved off its init, its backbone stochastic
+    (drop path 0.1 in train mode, the frozen part in train mode too)."""
+    cfg = SMALL_CFGS['vit']()
+    cfg['backbone']['drop_path_rate'] = 0.1
+    petl = build(cfg, dict(type='UniPT', features=features),
+                 trainable=['head'])
+    torch.manual_seed(1)
+    perturbed(petl.unipt, 0.2)
+    perturbed(petl.head, 0.2)
+    petl.train()
+    inputs, samples = cls_batch()
+    torch.manual_seed(seed)
+    loss = petl(inputs, samples, mode='loss')['loss']
+    loss.backward()
+    state = torch.get_rng_state()
+    grads = {n: p.grad.clone() for n, p in petl.named_parameters()
+             if p.requires_grad}
+    return loss.detach(), grads, state
+
+
+def test_vit_recompute_gives_the_same_loss_gradients_and_random_state():
+    keep_loss, keep_grads, keep_state = _vit_step('keep')
+    loss, grads, state = _vit_step('recompute')
+    # the frozen backbone draws drop path: the replayed state matters
+    assert not torch.equal(_vit_step('keep', seed=4)[0], keep_loss)
+    torch.testing.assert_close(loss, keep_loss, rtol=1e-6, atol=0)
+    assert grads.keys() == keep_grads.keys() and any(
+        k.startswith('unipt.downs.') for k in grads)
+    for name, grad in grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, keep_grads[name], rtol=1e-5,
+                                   atol=1e-7, msg=name)
+    assert torch.equal(state, keep_state)
+
+
+def test_vit_recompute_keeps_no_frozen_feature():
+    """features='recompute': autograd keeps no tensor of a frozen
+    feature's shape (B, N, d) through the step; 'keep' keeps all L of
+    them (the embeddings and the 2 blocks' outputs)."""
+    feature = (4, (32 // 8) ** 2 + 1, 64)  # B, patches + class token, d
+    kept = {}
+    for features in ('keep', 'recompute'):
+        petl = build('vit', dict(type='UniPT', features=features))
+        petl.train()
+        inputs, samples = cls_batch()
+        shapes = {}
+
+        def pack(t):
+            shapes[t.untyped_storage().data_ptr()] = tuple(t.shape)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = petl(inputs, samples, mode='loss')['loss']
+        loss.backward()
+        kept[features] = list(shapes.values()).count(feature)
+    assert kept == dict(keep=3, recompute=0)
+    with pytest.raises(ValueError, match='features must be one of'):
+        UniPT(D, 13, form='vit', features='offload')
