@@ -76,7 +76,8 @@ METHODS = {
               'activations: encoder side memory S, decoder queries mix S '
               '(ReLU + L1), per-image confidences, h + LN(Linear(ReLU(·)))',
               'beside the model: every other encoder/decoder layer + the '
-              'last (DETR) / embeddings + every block (ViT), width d/2'),
+              'last, encoder levels of stride >= 32 (DETR) / embeddings + '
+              'every block, recomputed in training (ViT), width d/2'),
     'vpt-shallow': ('VPT-shallow', '[cls, P, x] before layer 1',
                     'ViT input, 10 prompts'),
     'vpt-deep': ('VPT-deep', '[cls, P_i, x] before every layer i',

@@ -2,9 +2,12 @@
 # beside the whole frozen model, width d/2. DETR family: it reads every other
 # encoder and decoder layer plus the last ({1, 3, 5} + 6 of 6 layers),
 # computed without autograd, builds a side memory from the encoder tokens
-# (padding masked out), lets each decoder layer's side features read it,
-# and rewrites those decoder layers' hidden states. ViT: it reads the
-# embeddings and every block; the final class token attends over them.
+# (padding masked out; of a multi-scale encoder the levels of stride >= 32,
+# `enc_min_stride`, as MDETR's one C5 map), lets each decoder layer's side
+# features read it, and rewrites those decoder layers' hidden states. ViT:
+# it reads the embeddings and every block; the final class token attends
+# over them (the ViT method config sets features='recompute': the frozen
+# ViT runs again instead of autograd keeping every block's tokens).
 # It is not a per-module tuner: pass it as `parallel`, next to an empty
 # `tuners` list:
 #
