@@ -93,6 +93,24 @@ def parse_args(argv=None):
     return args
 
 
+def _runs(args, model_cfg, heads, metric, run_fn):
+    """Every (seed, placement) run, seeds outermost; each placement sized
+    for ``args.budget`` on ``model_cfg`` and run by ``run_fn(name, plan,
+    seed)``."""
+    plans = {name: plan_method(model_cfg, PLACEMENTS[args.model][name],
+                               args.budget, heads, name)
+             for name in args.placements}
+    runs = []
+    for seed in args.seeds:
+        for name, plan in plans.items():
+            run = run_fn(name, plan, seed)
+            run.update(budget=args.budget, size=plan.size)
+            print(f'[placement] {name} seed {seed}: {metric} '
+                  f'{run[metric]:.3f} ({plan.size})', flush=True)
+            runs.append(run)
+    return runs
+
+
 def _vit_runs(args):
     bench = vit.parse_args([
         '--iters', str(args.iters or 250), '--base-iters',
@@ -102,22 +120,14 @@ def _vit_runs(args):
     init_default_scope('mmpretrain')
     base_state, base_path, base_top1 = vit.train_base(bench)
     target = vit.load_split([5, 6, 7, 8, 9])
-    runs = []
-    for seed in args.seeds:
-        for name in args.placements:
-            plan = plan_method(vit.vit_cfg(), PLACEMENTS['vit'][name],
-                               args.budget, vit.HEADS, name)
-            run = vit.run_spec(bench, name, plan.args, seed, base_state,
-                               target)
-            run.update(budget=args.budget, size=plan.size)
-            print(f"[placement] {name} seed {seed}: top-1 "
-                  f"{run['top1']:.3f} ({plan.size})", flush=True)
-            runs.append(run)
+    runs = _runs(args, vit.vit_cfg(), vit.HEADS, 'top1',
+                 lambda name, plan, seed: vit.run_spec(
+                     bench, name, plan.args, seed, base_state, target))
     info = dict(base=f'{osp.basename(base_path)}: source top-1 '
                 f'{base_top1:.3f} (the ViT accuracy benchmark\'s base)',
                 setting=f'{bench.iters} iterations, batch {bench.batch}, '
                 f'AdamW lr {bench.petl_lr}, new 5-way head')
-    return runs, info, lambda rows, header: vit.markdown(rows, header)
+    return runs, info, vit.markdown
 
 
 def _det_runs(args):
@@ -132,22 +142,14 @@ def _det_runs(args):
     cfg = Config.fromfile(osp.join(det.ROOT, 'configs', 'demo',
                                    det.ET_CONFIG))
     model_cfg, heads = cfg.model.model.to_dict(), list(cfg.model.trainable)
-    runs = []
-    for seed in args.seeds:
-        for name in args.placements:
-            plan = plan_method(model_cfg, PLACEMENTS['detector'][name],
-                               args.budget, heads, name)
-            run = det.run_config(ns, name, det.ET_CONFIG, plan.args, seed,
-                                 base_path)
-            run.update(budget=args.budget, size=plan.size)
-            print(f"[placement] {name} seed {seed}: mAP "
-                  f"{run['bbox_mAP']:.3f} ({plan.size})", flush=True)
-            runs.append(run)
+    runs = _runs(args, model_cfg, heads, 'bbox_mAP',
+                 lambda name, plan, seed: det.run_config(
+                     ns, name, det.ET_CONFIG, plan.args, seed, base_path))
     info = dict(base=f'{osp.basename(base_path)} (published by `make '
                 f'demo`; the accuracy benchmark\'s base)',
                 setting=f'{runs[0]["iters"]} iterations per run, batch 8, '
                 '160 px, CPU')
-    return runs, info, lambda rows, header: det.markdown(rows, header)
+    return runs, info, det.markdown
 
 
 def main(argv=None):
