@@ -410,7 +410,7 @@ class UniPTDetr(UniPT):
         enc_min_stride (int, optional): read the encoder tokens of the
             feature levels whose stride is at least this (default 32: the
             authors' MDETR encoder sees one stride-32 map, ResNet's C5;
-            Deformable DETR's finer levels, ~95 % of its tokens at
+            Deformable DETR's finer levels, ~94 % of its tokens at
             800x1333, are left out of the side memory and never kept);
             None: every level. A single-scale encoder (DETR) is read
             whole. Applied by the model surgery
