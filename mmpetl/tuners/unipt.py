@@ -70,6 +70,7 @@ v1 parameters (``L`` layers read, width ``d``, bottleneck ``r``)::
 
     (L+1)*d*r + (L+1)*r + 2*L*d + d + L     (without LN: no 2*L*d)
 """
+import inspect
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -124,7 +125,6 @@ class UniPT(BaseTuner):
                     f'default).')
             cls = UniPTV1 if variant == 'v1' else (
                 UniPTViT if form == 'vit' else UniPTDetr)
-            import inspect
             foreign = sorted(set(kwargs) - set(
                 inspect.signature(cls.__init__).parameters))
             if foreign and set(foreign) <= set(UniPT.extra_config_args):
@@ -732,7 +732,6 @@ class _StreamedLayers(torch.autograd.Function):
 
 def _config_args() -> tuple:
     """Every variant's arguments: what a ``UniPT`` config may name."""
-    import inspect
     names = []
     for cls in (UniPTV1, UniPTDetr, UniPTViT):
         names += [n for n in inspect.signature(cls.__init__).parameters

@@ -127,7 +127,7 @@ def _vit_runs(args):
                 f'{base_top1:.3f} (the ViT accuracy benchmark\'s base)',
                 setting=f'{bench.iters} iterations, batch {bench.batch}, '
                 f'AdamW lr {bench.petl_lr}, new 5-way head')
-    return runs, info, vit.markdown
+    return runs, info
 
 
 def _det_runs(args):
@@ -149,18 +149,14 @@ def _det_runs(args):
                 f'demo`; the accuracy benchmark\'s base)',
                 setting=f'{runs[0]["iters"]} iterations per run, batch 8, '
                 '160 px, CPU')
-    return runs, info, det.markdown
+    return runs, info
 
 
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
-    if args.model == 'vit':
-        runs, info, markdown = _vit_runs(args)
-        rows = vit.summarize(runs)
-    else:
-        runs, info, markdown = _det_runs(args)
-        rows = det.summarize(runs)
+    bench = vit if args.model == 'vit' else det  # its table's format
+    runs, info = (_vit_runs if args.model == 'vit' else _det_runs)(args)
     from petl_benchmark import machine_description
     header = dict(
         info, date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
@@ -170,8 +166,7 @@ def main(argv=None):
         seeds=' '.join(map(str, args.seeds)),
         budget=f'{args.budget:g}% trainable, each placement sized by '
         f'plan_method; {(time.time() - start) / 60:.1f} min in all')
-    text = markdown(rows, header)
-    title, rest = text.split('\n', 1)
+    rest = bench.markdown(bench.summarize(runs), header).split('\n', 1)[1]
     text = (f'# mmpetl placement ablation ({args.model}): the same budget '
             f'on different linears\n' + rest)
     print(text)
