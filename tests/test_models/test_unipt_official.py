@@ -368,3 +368,30 @@ def test_vit_recompute_keeps_no_frozen_feature():
     assert kept == dict(keep=3, recompute=0)
     with pytest.raises(ValueError, match='features must be one of'):
         UniPT(D, 13, form='vit', features='offload')
+
+
+@pytest.mark.parametrize('features', ['keep', 'recompute'])
+def test_vit_anchor_holds_no_view_of_the_frozen_tokens(features,
+                                                       monkeypatch):
+    """The class token the side network holds through its frozen passes is
+    a copy: ``x[:, 0]`` would keep the last layer's (B, N, d) tokens
+    alive at those passes' peak (74 MiB at batch 128 on ViT-B)."""
+    petl = build('vit', dict(type='UniPT', features=features))
+    petl.train()
+    method = 'forward_streamed' if features == 'recompute' else 'forward'
+    original = getattr(UniPTViT, method)
+    anchors = []
+
+    def spy(self, *args, **kwargs):
+        anchor = args[0] if features == 'recompute' else args[1]
+        anchors.append(anchor)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(UniPTViT, method, spy)
+    inputs, samples = cls_batch()
+    petl(inputs, samples, mode='loss')['loss'].backward()
+    assert len(anchors) == 1
+    anchor = anchors[0]
+    assert anchor.shape == (4, 1, 64)
+    assert anchor.untyped_storage().nbytes() == \
+        anchor.numel() * anchor.element_size()
