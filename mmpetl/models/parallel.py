@@ -402,9 +402,9 @@ def _compact(outs: Sequence[torch.Tensor]) -> tuple:
 
     A ViT's ``cls_token`` output is ``x[:, 0]``, a view that keeps all
     of the last layer's (B, N, d) tokens alive; the side network holds
-    the anchor through its frozen passes and its backward, so a view
-    would keep a frozen feature after all (at batch 128 on ViT-B, 74
-    MiB, alive at the frozen passes' peak)."""
+    the anchor while the frozen ViT runs again, so a view would keep a
+    frozen feature at that pass's peak after all (74 MiB at batch 128 on
+    ViT-B)."""
     return tuple(
         o.clone() if o.untyped_storage().nbytes() >
         o.numel() * o.element_size() else o for o in outs)
