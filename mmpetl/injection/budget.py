@@ -243,6 +243,9 @@ def method_specs(arch: str) -> Dict[str, Optional[dict]]:
         'unipt': dict(tuners=[], parallel=dict(type='UniPT',
                                                bottleneck='{b}')),
     })
+    if arch == 'deformable_detr':  # mmpetl's variant: reads where MSDA looks
+        specs['unipt-local'] = dict(tuners=[], parallel=dict(
+            type='UniPT', bottleneck='{b}', local_read=True))
     if arch == 'vit':
         specs.update({
             f'vpt-{depth}': dict(tuners=[dict(

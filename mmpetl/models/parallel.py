@@ -16,6 +16,10 @@ heads:
   which also reads the levels' ``spatial_shapes``) and the decoder's
   per-layer hidden states ``(L, B, num_queries, d)``; it rewrites the
   decoder layers it reads (every other + last) and the heads read those.
+  With ``local_read`` (Deformable DETR) a pre-hook on the decoder also
+  takes the memory, levels and valid ratios it is called with, and the
+  network gets the memory sampled at each layer's reference points
+  (:func:`sample_at_references`).
   ``variant='v1'`` reads the decoder states only; the bbox head supervises
   every layer (auxiliary losses), so by default each layer ``k`` gets its
   own correction from layers ``1..k`` (``all_layers=False``: only the last
@@ -61,6 +65,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mmpetl.injection import InjectedTuner, get_tuner_cls
 from mmpetl.tuners import TunerHostError
@@ -133,6 +138,13 @@ def attach_parallel(model: nn.Module, cfg: Dict) -> InjectedTuner:
         _check_detr(model)
         if v1:
             net = cls(model.embed_dims, model.decoder.num_layers, **cfg)
+        elif cfg.get('local_read') and 'DeformableDETR' not in \
+                class_names(model):
+            raise TunerHostError(
+                f'UniPT local_read samples the encoder memory at the '
+                f"decoder's reference points, which "
+                f'{type(model).__name__} does not have (Deformable DETR '
+                f'does): drop local_read.')
         else:
             net = cls(model.embed_dims, model.decoder.num_layers,
                       num_encoder_layers=len(model.encoder.layers),
@@ -253,8 +265,12 @@ def _detr_forward_official(host: nn.Module, img_feats,
                 captured.append(out)
         return hook
 
+    decoder_kwargs: List[Dict] = []  # local_read: what MSDA samples from
     handles = [encoder.register_forward_pre_hook(keep_mask,
                                                  with_kwargs=True)]
+    if getattr(unipt, 'local_read', False):
+        handles.append(host.decoder.register_forward_pre_hook(
+            lambda m, a, kw: decoder_kwargs.append(kw), with_kwargs=True))
     handles += [
         layer.register_forward_hook(keep(i))
         for i, layer in enumerate(encoder.layers)
@@ -274,11 +290,64 @@ def _detr_forward_official(host: nn.Module, img_feats,
             f"from DETR / Deformable DETR (variant='v1' reads the decoder "
             f'only).')
     hidden = head_inputs['hidden_states']
-    new = unipt(captured, masks[0], hidden)
+    local = None
+    if getattr(unipt, 'local_read', False):
+        if len(decoder_kwargs) != 1 or 'references' not in head_inputs:
+            raise TunerHostError(
+                f'UniPT local_read: expected one decoder call and the '
+                f'reference points in the head inputs, got '
+                f'{len(decoder_kwargs)} calls; {type(host).__name__} is '
+                f'not a Deformable DETR: drop local_read.')
+        with torch.no_grad():
+            local = sample_at_references(
+                decoder_kwargs[0], head_inputs['references'][:len(hidden)])
+        decoder_kwargs.clear()  # the full memory is not held further
+    new = unipt(captured, masks[0], hidden,
+                **({} if local is None else dict(local=local)))
     if unipt.recording:
         unipt.record_change(hidden, new - hidden)
     head_inputs['hidden_states'] = new
     return head_inputs
+
+
+def sample_at_references(decoder_kwargs: Dict,
+                         references: Sequence[torch.Tensor]
+                         ) -> torch.Tensor:
+    """The encoder memory where each decoder layer looks (UniPT's
+    ``local_read``): per layer, bilinear samples of every level at the
+    layer's reference points scaled by the levels' valid ratios, as
+    MSDA places its sampling grid (``align_corners=False``, zeros
+    outside), the levels averaged.
+
+    Args:
+        decoder_kwargs (dict): the Deformable DETR decoder call's
+            ``value`` (the memory, (B, N, d)), ``spatial_shapes``
+            (levels, 2) and ``valid_ratios`` (B, levels, 2).
+        references (Sequence[Tensor]): per decoder layer, its reference
+            points (B, Q, 2), normalised to the valid image, or boxes
+            (B, Q, 4) whose centres are used.
+
+    Returns:
+        Tensor: (L, B, Q, d).
+    """
+    memory = decoder_kwargs['value']
+    shapes = decoder_kwargs['spatial_shapes'].tolist()
+    ratios = decoder_kwargs['valid_ratios']
+    batch, _, dims = memory.shape
+    levels, start = [], 0
+    for h, w in shapes:
+        levels.append(memory[:, start:start + h * w].transpose(1, 2)
+                      .reshape(batch, dims, h, w))
+        start += h * w
+    out = []
+    for ref in references:
+        total = 0
+        for i, value in enumerate(levels):
+            grid = ref[..., :2] * ratios[:, None, i] * 2 - 1  # (B, Q, 2)
+            total = total + F.grid_sample(
+                value, grid[:, :, None], align_corners=False)[..., 0]
+        out.append((total / len(levels)).transpose(1, 2))  # (B, Q, d)
+    return torch.stack(out)
 
 
 def _encoder_tokens(unipt: nn.Module, kwargs: Dict, batch_data_samples

@@ -25,10 +25,19 @@ c are the same tokens), ``D(x) = LN(Linear(x))`` and
   Decoder side, over the queries::
 
       T_l = D_l(dec_l) + LN(Linear(mix(D_l(dec_l), S, mask, no I)))
+            (+ D'_l(local_l) with local_read=True, see below)
       F   = A + P(sum_l c_l mix(A, T_l)),  A = D_0(dec_last)
       out_l = LN(Linear(ReLU(T_l))),  out_last = LN(Linear(ReLU(F)))
 
-  ``output='replace'`` (official) feeds ``out`` to the heads instead of
+    ``local_read=True`` (mmpetl's variant, Deformable DETR): each query
+  also reads the frozen encoder memory where its decoder layer looks,
+  ``local_l`` = the memory sampled bilinearly at that layer's reference
+  point on every level (as MSDA samples, valid ratios applied), the
+  levels averaged; ``D'_l`` as ``D``. The authors' queries read the
+  image only through the global mix with ``S``. The sampling runs
+  without autograd, so only the (L, B, Q, d) samples reach the network.
+
+``output='replace'`` (official) feeds ``out`` to the heads instead of
   the frozen ``h``; ``output='residual'`` (mmpetl's default) feeds
   ``h + out`` with the final LN's affine weight and bias at zero, so the
   tuned model is exactly the frozen one at step 0 (the pretrained box
@@ -415,6 +424,11 @@ class UniPTDetr(UniPT):
             None: every level. A single-scale encoder (DETR) is read
             whole. Applied by the model surgery
             (:mod:`mmpetl.models.parallel`), which knows the levels.
+        local_read (bool): mmpetl's variant, not the authors': each
+            decoder layer read also gets the encoder memory sampled at its
+            reference points (module docstring); Deformable DETR only
+            (the model surgery samples it, see
+            :func:`mmpetl.models.parallel.sample_at_references`).
     """
 
     form = 'detr'
@@ -427,6 +441,7 @@ class UniPTDetr(UniPT):
                  layers: str = 'every_other', norm: str = 'after',
                  checkpoint: bool = True,
                  enc_min_stride: Optional[int] = 32,
+                 local_read: bool = False,
                  variant: str = 'official', form: str = 'detr') -> None:
         super().__init__()
         _official_args(variant, bottleneck, output, mix, gate, layers)
@@ -462,6 +477,10 @@ class UniPTDetr(UniPT):
         self.dec_downs = nn.ModuleList(
             _proj(dims, width, norm) for _ in range(n))
         self.dec_agg = _Aggregate(width, dims, mlp, gate)
+        self.local_read = local_read
+        if local_read:
+            self.local_downs = nn.ModuleList(
+                _proj(dims, width, norm) for _ in range(n + 1))
         self.up = nn.Sequential(nn.ReLU(), nn.Linear(width, dims),
                                 nn.LayerNorm(dims) if mlp else nn.Identity())
         _xavier(self)
@@ -477,7 +496,8 @@ class UniPTDetr(UniPT):
 
     def forward(self, enc_feats: Sequence[torch.Tensor],
                 enc_mask: Optional[torch.Tensor],
-                dec_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+                dec_feats: Sequence[torch.Tensor],
+                local: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The hidden states for the heads.
 
         Args:
@@ -488,6 +508,9 @@ class UniPTDetr(UniPT):
                 (MMDet's key padding mask); None: none padded.
             dec_feats (Tensor | Sequence[Tensor]): the decoder layers'
                 hidden states, (L, B, Q, d).
+            local (Tensor, optional): (L, B, Q, d), the encoder memory
+                at each decoder layer's reference points, no autograd;
+                required with ``local_read``, refused without.
 
         Returns:
             Tensor: (L, B, Q, d); the layers in :attr:`outputs` rewritten,
@@ -504,6 +527,14 @@ class UniPTDetr(UniPT):
         enc_in = ([enc_feats[i] for i in self.enc_layers] +
                   [enc_feats[-1]]) if self.cross_attention else []
         dec_in = [dec_feats[i] for i in self.outputs]
+        if self.local_read != (local is not None):
+            raise ValueError(
+                f'UniPT built with local_read={self.local_read} was given '
+                f"{'no' if local is None else 'the'} local samples: they "
+                f'come with local_read=True only (the model surgery '
+                f'samples them on Deformable DETR).')
+        if local is not None:
+            dec_in += [local[i] for i in self.outputs]
         args = (valid, len(enc_in), *enc_in, *dec_in)
         if self.use_checkpoint and torch.is_grad_enabled():
             new = checkpoint(self._side, *args, use_reentrant=False,
@@ -515,6 +546,10 @@ class UniPTDetr(UniPT):
 
     def _side(self, valid, num_enc, *feats) -> torch.Tensor:
         enc, dec = feats[:num_enc], feats[num_enc:]
+        loc = None
+        if self.local_read:  # the decoder states, then their samples
+            half = len(dec) // 2
+            dec, loc = dec[:half], dec[half:]
         memory = None
         if self.cross_attention:  # the side memory S from the encoder
             anchor = self.enc_down0(enc[-1])
@@ -523,9 +558,13 @@ class UniPTDetr(UniPT):
                      for t in targets] if self.encoder_mix else targets
             memory = self.enc_agg(anchor, targets, mixed, valid)
         anchor = self.dec_down0(dec[-1])
+        if loc is not None:
+            anchor = anchor + self.local_downs[-1](loc[-1])
         targets = []
         for i, (down, h) in enumerate(zip(self.dec_downs, dec[:-1])):
             t = down(h)
+            if loc is not None:
+                t = t + self.local_downs[i](loc[i])
             if memory is not None:  # each query reads the image
                 t = t + self.crossers[i](
                     mix(t, memory, valid, False, self.mix_kind))
@@ -542,7 +581,9 @@ class UniPTDetr(UniPT):
             f'stride >= {self.enc_min_stride}'
         return dict(variant='official', width=self.bottleneck,
                     output=self.output, reads=f'enc {self.enc_layers}+last '
-                    f'({levels}), dec {self.dec_layers}+last')
+                    f'({levels}), dec {self.dec_layers}+last' +
+                    (', memory at the reference points' if self.local_read
+                     else ''))
 
 
 class UniPTViT(UniPT):

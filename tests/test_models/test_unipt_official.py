@@ -395,3 +395,88 @@ def test_vit_anchor_holds_no_view_of_the_frozen_tokens(features,
     assert anchor.shape == (4, 1, 64)
     assert anchor.untyped_storage().nbytes() == \
         anchor.numel() * anchor.element_size()
+
+
+def test_sample_at_references_is_msda_sampling_with_one_point():
+    """local_read's samples: what MMCV's reference MSDA gives with one
+    head, one point per level at the reference point (scaled by the
+    valid ratios) and equal level weights."""
+    from mmcv.ops.multi_scale_deform_attn import \
+        multi_scale_deformable_attn_pytorch
+
+    from mmpetl.models.parallel import sample_at_references
+    gen = torch.Generator().manual_seed(0)
+    shapes = torch.tensor([[6, 8], [3, 4], [2, 2]])
+    tokens = int(shapes.prod(1).sum())
+    memory = torch.randn(B, tokens, D, generator=gen, dtype=torch.float64)
+    ratios = torch.tensor([[[1.0, 1.0]] * 3, [[0.75, 0.5]] * 3],
+                          dtype=torch.float64)
+    refs = [torch.rand(B, Q, 2, generator=gen, dtype=torch.float64)
+            for _ in range(2)]
+    got = sample_at_references(
+        dict(value=memory, spatial_shapes=shapes, valid_ratios=ratios), refs)
+    assert got.shape == (2, B, Q, D)
+    levels = len(shapes)
+    for ref, out in zip(refs, got):
+        loc = (ref[:, :, None] * ratios[:, None])[:, :, None, :, None]
+        weights = torch.full((B, Q, 1, levels, 1), 1 / levels,
+                             dtype=torch.float64)
+        expected = multi_scale_deformable_attn_pytorch(
+            memory[:, :, None], shapes, loc, weights)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    # boxes (cx, cy, w, h): their centres are read
+    boxes = [torch.cat([r, torch.rand(B, Q, 2, generator=gen,
+                                      dtype=torch.float64)], -1)
+             for r in refs]
+    torch.testing.assert_close(sample_at_references(
+        dict(value=memory, spatial_shapes=shapes, valid_ratios=ratios),
+        boxes), got, rtol=0, atol=0)
+
+
+def test_local_read_on_deformable_detr():
+    """local_read: exact at init; each decoder layer's samples reach the
+    network without autograd, and once the output layer has moved off
+    its zero init, they change the outputs and the new projections
+    learn."""
+    vanilla = build('deformable_detr', None)
+    petl = build('deformable_detr', dict(type='UniPT', local_read=True))
+    for a, b in zip(tensor_outputs(petl, 'deformable_detr'),
+                    tensor_outputs(vanilla, 'deformable_detr')):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    seen = {}
+    forward = petl.unipt.forward
+
+    def spy(enc, mask, dec, local=None):
+        seen.update(dec=dec, local=local)
+        return forward(enc, mask, dec, local=local)
+
+    petl.unipt.forward = spy
+    torch.manual_seed(2)
+    perturbed(petl.unipt, 0.2)
+    petl.train()
+    inputs, samples = det_batch()
+    loss = sum(v for k, v in petl(inputs, samples, mode='loss').items()
+               if 'loss' in k)
+    loss.backward()
+    assert seen['local'].shape == seen['dec'].shape
+    assert seen['local'].grad_fn is None and not seen['local'].requires_grad
+    for name, p in petl.unipt.local_downs.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    net = petl.unipt
+    net.forward = forward
+    dec, local = seen['dec'], seen['local']
+    enc = [torch.randn(B, 5, dec.shape[-1])] * net.num_encoder_layers
+    with torch.no_grad():  # the samples do change the output
+        assert not torch.allclose(net(enc, None, dec, local),
+                                  net(enc, None, dec, local + 1.0))
+    assert 'memory at the reference points' in net.describe()['reads']
+
+
+def test_local_read_refusals():
+    with pytest.raises(TunerHostError, match='drop local_read'):
+        build('detr', dict(type='UniPT', local_read=True))
+    enc, mask, dec = enc_dec()
+    with pytest.raises(ValueError, match='local_read=True'):
+        UniPT(D, 6, local_read=True)(enc, mask, dec)
+    with pytest.raises(ValueError, match='local_read=False'):
+        UniPT(D, 6)(enc, mask, dec, torch.zeros_like(dec))

@@ -72,6 +72,12 @@ METHODS = {
                            'every attention and FFN, b=64'),
     'utuning-first-layer': ('U-Tuning, first layer only', 'OP(x) + U(x)',
                             'attention and FFN of layer 0, b=64'),
+    'unipt-local': ('UniPT-local (variant)',
+                    "UniPT whose decoder-side tokens also read the frozen "
+                    "encoder memory sampled at each query's reference "
+                    "points (local_read=True)",
+                    'as UniPT, plus the memory at the reference points of '
+                    'the decoder layers read (Deformable DETR)'),
     'unipt': ('UniPT', 'the authors\' side network fed detached '
               'activations: encoder side memory S, decoder queries mix S '
               '(ReLU + L1), per-image confidences, h + LN(Linear(ReLU(·)))',
