@@ -71,7 +71,8 @@ from mmpetl.injection import InjectedTuner, get_tuner_cls
 from mmpetl.tuners import TunerHostError
 from mmpetl.utils import class_names
 
-__all__ = ['attach_parallel', 'check_parallel_trainable']
+__all__ = ['attach_parallel', 'check_parallel_trainable',
+           'sample_at_references']
 
 
 def _is_detr(model: nn.Module) -> bool:

@@ -47,7 +47,8 @@ COLLECTIONS = {
     'utuning': ('U-Tuning', ['U-Tuner'], 'U-Tuners beside attention '
                 'and FFN operators'),
     'unipt': ('UniPT', ['UniPT'], 'a network beside the frozen model, '
-              'fed its detached layer outputs'),
+              'fed its detached layer outputs; its variant unipt-local '
+              'also reads the encoder memory at the reference points'),
     'vpt': ('VPT', ['Visual Prompt Tuning'], 'prompt tokens in a ViT'),
     'heads-only': ('Heads Only', ['Frozen Model'],
                    'a frozen model with new heads'),
@@ -90,6 +91,8 @@ def algorithm_of(config: str) -> str:
         return 'etta'
     if method.startswith('vpt'):
         return 'vpt'
+    if method.startswith('unipt'):  # UniPT's variant unipt-local
+        return 'unipt'
     return method
 
 
