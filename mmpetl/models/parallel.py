@@ -65,9 +65,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from mmpetl.injection import InjectedTuner, get_tuner_cls
+from mmpetl.ops.msda import ms_deform_attn
 from mmpetl.tuners import TunerHostError
 from mmpetl.utils import class_names
 
@@ -315,10 +315,10 @@ def sample_at_references(decoder_kwargs: Dict,
                          references: Sequence[torch.Tensor]
                          ) -> torch.Tensor:
     """The encoder memory where each decoder layer looks (UniPT's
-    ``local_read``): per layer, bilinear samples of every level at the
-    layer's reference points scaled by the levels' valid ratios, as
-    MSDA places its sampling grid (``align_corners=False``, zeros
-    outside), the levels averaged.
+    ``local_read``): per layer, multi-scale deformable attention with one
+    head, one point per level at the layer's reference point (scaled by
+    the levels' valid ratios, as MSDA places its grid) and equal level
+    weights: the bilinear samples of every level, averaged.
 
     Args:
         decoder_kwargs (dict): the Deformable DETR decoder call's
@@ -331,23 +331,15 @@ def sample_at_references(decoder_kwargs: Dict,
     Returns:
         Tensor: (L, B, Q, d).
     """
-    memory = decoder_kwargs['value']
-    shapes = decoder_kwargs['spatial_shapes'].tolist()
-    ratios = decoder_kwargs['valid_ratios']
-    batch, _, dims = memory.shape
-    levels, start = [], 0
-    for h, w in shapes:
-        levels.append(memory[:, start:start + h * w].transpose(1, 2)
-                      .reshape(batch, dims, h, w))
-        start += h * w
+    memory = decoder_kwargs['value'][:, :, None]  # (B, N, 1 head, d)
+    shapes = decoder_kwargs['spatial_shapes']
+    ratios = decoder_kwargs['valid_ratios'][:, None]  # (B, 1, levels, 2)
     out = []
     for ref in references:
-        total = 0
-        for i, value in enumerate(levels):
-            grid = ref[..., :2] * ratios[:, None, i] * 2 - 1  # (B, Q, 2)
-            total = total + F.grid_sample(
-                value, grid[:, :, None], align_corners=False)[..., 0]
-        out.append((total / len(levels)).transpose(1, 2))  # (B, Q, d)
+        # (B, Q, 1 head, levels, 1 point, 2)
+        where = (ref[:, :, None, :2] * ratios)[:, :, None, :, None]
+        weights = where.new_full(where.shape[:-1], 1.0 / len(shapes))
+        out.append(ms_deform_attn(memory, shapes, where, weights))
     return torch.stack(out)
 
 

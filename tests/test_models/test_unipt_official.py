@@ -398,11 +398,10 @@ def test_vit_anchor_holds_no_view_of_the_frozen_tokens(features,
 
 
 def test_sample_at_references_is_msda_sampling_with_one_point():
-    """local_read's samples: what MMCV's reference MSDA gives with one
-    head, one point per level at the reference point (scaled by the
-    valid ratios) and equal level weights."""
-    from mmcv.ops.multi_scale_deform_attn import \
-        multi_scale_deformable_attn_pytorch
+    """local_read's samples: per level, bilinear samples where MSDA
+    places its grid (the reference point scaled by the level's valid
+    ratio, align_corners=False), averaged over the levels."""
+    import torch.nn.functional as F
 
     from mmpetl.models.parallel import sample_at_references
     gen = torch.Generator().manual_seed(0)
@@ -416,14 +415,14 @@ def test_sample_at_references_is_msda_sampling_with_one_point():
     got = sample_at_references(
         dict(value=memory, spatial_shapes=shapes, valid_ratios=ratios), refs)
     assert got.shape == (2, B, Q, D)
-    levels = len(shapes)
+    maps = [m.transpose(1, 2).reshape(B, D, h, w) for m, (h, w) in zip(
+        memory.split(shapes.prod(1).tolist(), dim=1), shapes.tolist())]
     for ref, out in zip(refs, got):
-        loc = (ref[:, :, None] * ratios[:, None])[:, :, None, :, None]
-        weights = torch.full((B, Q, 1, levels, 1), 1 / levels,
-                             dtype=torch.float64)
-        expected = multi_scale_deformable_attn_pytorch(
-            memory[:, :, None], shapes, loc, weights)
-        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+        expected = sum(F.grid_sample(
+            m, (ref * ratios[:, None, i] * 2 - 1)[:, :, None],
+            align_corners=False)[..., 0] for i, m in enumerate(maps))
+        torch.testing.assert_close(out, expected.transpose(1, 2) / len(maps),
+                                   rtol=1e-12, atol=1e-12)
     # boxes (cx, cy, w, h): their centres are read
     boxes = [torch.cat([r, torch.rand(B, Q, 2, generator=gen,
                                       dtype=torch.float64)], -1)
